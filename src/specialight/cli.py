@@ -1,0 +1,59 @@
+"""The one entry point: ``specialight fit|validate|test|predict`` (LightningCLI) and the data-stage commands.
+
+    specialight data     --data-dir DIR                           every task and split with its count
+    specialight align    --samples JSONL --student-tokenizer T --out DIR
+    specialight evaluate --model PATH --suites gsm8k_dev,bbh_cot --out DIR
+    specialight plot     --logdir RUN [--logdir RUN2 …] --out FILE.png
+    specialight fit      --config configs/demo.yaml
+
+The data-stage commands use argparse (dash-separated options, repeatable flags); training goes through
+LightningCLI so every run is a config (`--print_config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from specialight.data.tasks import DataError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+logger = logging.getLogger("specialight")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the data-stage commands."""
+    parser = argparse.ArgumentParser(prog="specialight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    from specialight.commands import COMMANDS
+
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(child)
+        child.set_defaults(run=run)
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} (see `specialight {name} --help`)", add_help=False)
+    return parser
+
+
+def cli_main(args: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (also used by the console script)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from specialight.training import run_lightning_cli
+
+        run_lightning_cli(argv)
+        return 0
+    parsed = build_parser().parse_args(argv)
+    try:
+        return parsed.run(parsed)
+    except DataError as err:
+        sys.stderr.write(f"specialight {parsed.command}: error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

@@ -1,0 +1,104 @@
+"""Teacher samples: the JSONL records that pass from ``distill`` to ``align`` and ``fit``.
+
+One line per sample::
+
+    {"question_id": "gsm8k/train/0", "sample_index": 3, "prompt_hash": "…", "teacher": "…",
+     "text": "…", "tokens": ["Nat", "alia", …], "top_tokens": [["Nat", "The", …], …],
+     "top_logprobs": [[-0.01, -4.7, …], …], "finish_reason": "stop", "answer": "72", "correct": true}
+
+``tokens[i]`` is the teacher's i-th sampled token as text, ``top_tokens[i]``/``top_logprobs[i]`` its top-k
+alternatives at that position. Files are read strictly: a malformed line names its file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from specialight.data.tasks import DataError
+
+_FIELDS = ("question_id", "sample_index", "text", "tokens", "top_tokens", "top_logprobs")
+
+
+@dataclass(frozen=True)
+class TeacherSample:
+    """One chain of thought sampled from a teacher, with its per-position top-k log-probs."""
+
+    question_id: str
+    sample_index: int
+    text: str
+    tokens: list[str]
+    top_tokens: list[list[str]]
+    top_logprobs: list[list[float]]
+    prompt_hash: str = ""
+    teacher: str = ""
+    finish_reason: str = ""
+    answer: str | None = None
+    correct: bool | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """``(question_id, sample_index)``: unique within a run."""
+        return self.question_id, self.sample_index
+
+    def validate(self, where: str) -> TeacherSample:
+        """Raise `DataError` naming ``where`` if the top-k lists do not fit the tokens or are not finite."""
+        if not self.tokens:
+            raise DataError(f"{where}: sample {self.key} has no tokens")
+        if len(self.top_tokens) != len(self.tokens) or len(self.top_logprobs) != len(self.tokens):
+            raise DataError(
+                f"{where}: sample {self.key} has {len(self.tokens)} tokens but "
+                f"{len(self.top_tokens)} top-k token lists and {len(self.top_logprobs)} log-prob lists"
+            )
+        for position, (names, values) in enumerate(zip(self.top_tokens, self.top_logprobs)):
+            if len(names) != len(values):
+                raise DataError(f"{where}: sample {self.key} position {position}: {len(names)} tokens, {len(values)} log-probs")
+            if not all(math.isfinite(v) and v <= 1e-6 for v in values):
+                raise DataError(f"{where}: sample {self.key} position {position}: log-probs must be finite and <= 0, got {values}")
+        return self
+
+    def to_json(self) -> str:
+        """One JSONL line (no newline)."""
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def parse_sample(line: str, where: str) -> TeacherSample:
+    """Parse and validate one JSONL line; ``where`` is ``file:line`` for error messages."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from err
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [name for name in _FIELDS if name not in record]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+    known = {k: v for k, v in record.items() if k in TeacherSample.__dataclass_fields__}
+    return TeacherSample(**known).validate(where)
+
+
+def sample_files(path: str | os.PathLike) -> list[Path]:
+    """The JSONL shards of a samples folder (sorted), or the file itself."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    files = sorted(root.glob("*.jsonl"))
+    if not files:
+        raise DataError(f"no teacher samples at {root} (expected a .jsonl file or a folder of .jsonl shards)")
+    return files
+
+
+def read_samples(path: str | os.PathLike, only_correct: bool = False) -> Iterator[TeacherSample]:
+    """Every sample of a file or folder of shards, in file then line order."""
+    for file in sample_files(path):
+        with file.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                sample = parse_sample(line, f"{file}:{number}")
+                if not only_correct or sample.correct:
+                    yield sample
