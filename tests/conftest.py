@@ -36,3 +36,66 @@ def t5_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(TOKENIZERS / "t5")
+
+
+def _save(model, tokenizer, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, gpt2_tokenizer) -> Path:
+    """A tiny random GPT-2 (2 layers, width 32) on the real GPT-2 tokenizer, saved as a model folder."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(gpt2_tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=1024)
+    return _save(GPT2LMHeadModel(config), gpt2_tokenizer, tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory, t5_tokenizer) -> Path:
+    """A tiny random T5 (2+2 layers, width 32) on the real T5 tokenizer, saved as a model folder."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(t5_tokenizer),
+        d_model=32,
+        d_ff=64,
+        d_kv=16,
+        num_layers=2,
+        num_heads=2,
+        decoder_start_token_id=t5_tokenizer.pad_token_id,
+        pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id,
+    )
+    return _save(T5ForConditionalGeneration(config), t5_tokenizer, tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def teacher_samples(tmp_path_factory, tiny_gpt2_dir, data_dir) -> Path:
+    """Teacher samples (JSONL) on 12 GSM8K rationales, scored by the tiny GPT-2 as a local teacher."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specialight.data.formats import answer_target, question_prompt
+    from specialight.data.tasks import load_examples
+    from specialight.teacher.local import LocalTeacher
+
+    teacher = LocalTeacher(
+        AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir), AutoTokenizer.from_pretrained(tiny_gpt2_dir), "tiny-gpt2"
+    )
+    path = tmp_path_factory.mktemp("samples") / "samples.jsonl"
+    with path.open("w") as handle:
+        for example in load_examples("gsm8k", "tune", data_dir)[:12]:
+            sample = teacher.score_sample(
+                example.id,
+                question_prompt(example.question, cot=True),
+                answer_target(example.answer, example.rationale),
+                example.answer,
+            )
+            handle.write(sample.to_json() + "\n")
+    return path

@@ -25,7 +25,9 @@ logger = logging.getLogger("specialight")
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the data-stage commands."""
-    parser = argparse.ArgumentParser(prog="specialight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="specialight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     from specialight.commands import COMMANDS
 

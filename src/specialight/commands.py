@@ -7,6 +7,7 @@ Heavy imports stay inside ``run`` so ``specialight --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 
@@ -18,7 +19,9 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
     """The ``--data-dir`` option every command that reads the benchmarks takes."""
     parser.add_argument(
-        "--data-dir", default=None, help=f"benchmark folder laid out like shared/data (default: ${DATA_DIR_ENV} or ./data)"
+        "--data-dir",
+        default=None,
+        help=f"benchmark folder laid out like shared/data (default: ${DATA_DIR_ENV} or ./data)",
     )
 
 
@@ -36,6 +39,58 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_align_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``specialight align``."""
+    parser.add_argument("--samples", required=True, help="teacher samples: a .jsonl file or a folder of shards")
+    parser.add_argument("--student-tokenizer", required=True, help="student tokenizer: a local folder or a hub id")
+    parser.add_argument("--out", required=True, help="output folder (targets.arrow, summary.json)")
+    parser.add_argument("--num-proc", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--method",
+        choices=("auto", "dp", "offsets"),
+        default="auto",
+        help="auto: exact offsets where both spell the same text, the paper's DP elsewhere",
+    )
+    parser.add_argument(
+        "--teacher-scheme",
+        choices=("text", "byte_level", "sentencepiece", "auto"),
+        default="text",
+        help="how the teacher's token strings are written (API samples: text)",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="teacher alternatives kept per position")
+    parser.add_argument(
+        "--tail",
+        choices=("zero", "renormalize"),
+        default="zero",
+        help="mass outside the top-k: zero (the paper) or renormalize",
+    )
+    parser.add_argument("--max-length", type=int, default=512, help="drop samples with more student tokens")
+    parser.add_argument("--only-correct", action="store_true", help="keep only samples whose answer is correct")
+
+
+def run_align_command(args: argparse.Namespace) -> int:
+    """Align teacher samples to the student's tokenizer and write sparse targets."""
+    from specialight.align.run import AlignSettings, run_align
+
+    settings = AlignSettings(
+        student_tokenizer=args.student_tokenizer,
+        method=args.method,
+        teacher_scheme=args.teacher_scheme,
+        top_k=args.top_k,
+        tail=args.tail,
+        max_length=args.max_length,
+        only_correct=args.only_correct,
+    )
+    summary = run_align(args.samples, args.out, settings, num_proc=args.num_proc)
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "data": ("print every task and split with its count", add_data_dir, run_data),
+    "align": (
+        "align teacher samples to a student tokenizer and write sparse targets",
+        add_align_arguments,
+        run_align_command,
+    ),
 }

@@ -1,7 +1,8 @@
 """Final-answer extraction and equivalence for the math benchmarks and the 27 BBH tasks.
 
-Rules, in order: cut the completion where the model starts a new question (``Q:``); take what follows the
-last "answer is" (a rationale may say "the final answer is 15 gallons * 8 = 120" before its closing line); read the answer there by the task's kind (a number, an option letter, a label, free
+Rules, in order: cut the completion where the model starts a new question (``Q:``); take what follows
+the last "answer is" (a rationale may say "the final answer is 15 gallons * 8 = 120" before its
+closing line); read the answer there by the task's kind (a number, an option letter, a label, free
 text); with no "answer is", fall back to the last number (math) or the last option / label / first line.
 
 Numbers keep their sign and thousands separators (``"1,000"`` is 1000, ``"-3"`` is -3; the paper's
@@ -81,7 +82,7 @@ def _until_next_question(completion: str) -> str:
 
 def _after_answer_is(text: str) -> str | None:
     matches = list(_ANSWER_IS.finditer(text))
-    return text[matches[-1].end():] if matches else None
+    return text[matches[-1].end() :] if matches else None
 
 
 def _clean_text(text: str) -> str:

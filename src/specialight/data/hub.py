@@ -44,7 +44,10 @@ def load_from_hub(task: str, split: str, ood_dev_size: int) -> list[Example]:
         rows = _rows(hub_id, name)["test"]
         return [
             Example(
-                id=f"bbh/{name}/{i}", task=task, question=r["input"], answer=r["target"].strip(),
+                id=f"bbh/{name}/{i}",
+                task=task,
+                question=r["input"],
+                answer=r["target"].strip(),
                 options=bbh_options(r["input"]),
             )
             for i, r in enumerate(rows)

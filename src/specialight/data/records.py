@@ -56,9 +56,13 @@ class TeacherSample:
             )
         for position, (names, values) in enumerate(zip(self.top_tokens, self.top_logprobs)):
             if len(names) != len(values):
-                raise DataError(f"{where}: sample {self.key} position {position}: {len(names)} tokens, {len(values)} log-probs")
+                raise DataError(
+                    f"{where}: sample {self.key} position {position}: {len(names)} tokens, {len(values)} log-probs"
+                )
             if not all(math.isfinite(v) and v <= 1e-6 for v in values):
-                raise DataError(f"{where}: sample {self.key} position {position}: log-probs must be finite and <= 0, got {values}")
+                raise DataError(
+                    f"{where}: sample {self.key} position {position}: log-probs must be finite and <= 0, got {values}"
+                )
         return self
 
     def to_json(self) -> str:

@@ -31,15 +31,33 @@ OOD_DEV_SEED = 20230130
 OOD_DEV_SIZE = 200
 
 BBH_TASKS: tuple[str, ...] = (
-    "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa",
-    "dyck_languages", "formal_fallacies", "geometric_shapes", "hyperbaton",
-    "logical_deduction_five_objects", "logical_deduction_seven_objects",
-    "logical_deduction_three_objects", "movie_recommendation", "multistep_arithmetic_two",
-    "navigate", "object_counting", "penguins_in_a_table", "reasoning_about_colored_objects",
-    "ruin_names", "salient_translation_error_detection", "snarks", "sports_understanding",
-    "temporal_sequences", "tracking_shuffled_objects_five_objects",
-    "tracking_shuffled_objects_seven_objects", "tracking_shuffled_objects_three_objects",
-    "web_of_lies", "word_sorting",
+    "boolean_expressions",
+    "causal_judgement",
+    "date_understanding",
+    "disambiguation_qa",
+    "dyck_languages",
+    "formal_fallacies",
+    "geometric_shapes",
+    "hyperbaton",
+    "logical_deduction_five_objects",
+    "logical_deduction_seven_objects",
+    "logical_deduction_three_objects",
+    "movie_recommendation",
+    "multistep_arithmetic_two",
+    "navigate",
+    "object_counting",
+    "penguins_in_a_table",
+    "reasoning_about_colored_objects",
+    "ruin_names",
+    "salient_translation_error_detection",
+    "snarks",
+    "sports_understanding",
+    "temporal_sequences",
+    "tracking_shuffled_objects_five_objects",
+    "tracking_shuffled_objects_seven_objects",
+    "tracking_shuffled_objects_three_objects",
+    "web_of_lies",
+    "word_sorting",
 )
 MATH_TASKS: tuple[str, ...] = ("gsm8k", "multiarith", "asdiv", "svamp")
 SPLITS: dict[str, tuple[str, ...]] = {
@@ -87,9 +105,14 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     chosen = data_dir or os.environ.get(DATA_DIR_ENV) or "data"
     path = Path(chosen).expanduser()
     if not path.is_dir():
+        if data_dir:
+            why = "--data-dir was given"
+        elif os.environ.get(DATA_DIR_ENV):
+            why = f"{DATA_DIR_ENV} is set"
+        else:
+            why = "it is the default"
         raise DataError(
-            f"data folder not found: {path.resolve()} (looked there because "
-            f"{'--data-dir was given' if data_dir else DATA_DIR_ENV + ' is set' if os.environ.get(DATA_DIR_ENV) else 'it is the default'}). "
+            f"data folder not found: {path.resolve()} (looked there because {why}). "
             f"Point to a folder laid out like shared/data with --data-dir DIR or {DATA_DIR_ENV}=DIR, "
             "or use source='hub' when online."
         )

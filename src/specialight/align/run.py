@@ -1,0 +1,224 @@
+"""``specialight align``: teacher samples (JSONL) -> student targets (a memory-mappable Arrow file).
+
+The output folder holds ``targets.arrow`` (Arrow IPC stream, one row per kept sample; open it with
+`load_targets`) and ``summary.json``. Columns: ``question_id``, ``sample_index``, ``text`` (the sample as
+the student sees it), ``answer``, ``correct``, ``top_k``, ``input_ids`` ``[L]``, ``topk_ids`` and
+``topk_probs`` ``[L * top_k]`` (row-major), ``one_to_one`` ``[L]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from specialight.align import align_path
+from specialight.align.markers import surfaces, tokenizer_scheme
+from specialight.align.project import VocabularyMap, project
+from specialight.data.formats import newline_separator, render
+from specialight.data.records import TeacherSample, parse_sample, sample_files
+
+logger = logging.getLogger(__name__)
+TARGETS_FILE = "targets.arrow"
+SCHEMA = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("text", pa.string()),
+        ("answer", pa.string()),
+        ("correct", pa.bool_()),
+        ("top_k", pa.int32()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("topk_ids", pa.list_(pa.int32())),
+        ("topk_probs", pa.list_(pa.float32())),
+        ("one_to_one", pa.list_(pa.bool_())),
+    ]
+)
+
+
+@dataclass
+class AlignSettings:
+    """What `align_sample` needs besides the sample; picklable for worker processes."""
+
+    student_tokenizer: str
+    method: str = "auto"
+    teacher_scheme: str = "text"
+    top_k: int = 5
+    tail: str = "zero"
+    max_length: int = 512
+    only_correct: bool = False
+
+
+@dataclass
+class _Worker:
+    settings: AlignSettings
+    tokenizer: object = field(init=False)
+    vocabulary: VocabularyMap = field(init=False)
+    newline: str | None = field(init=False)
+    scheme: str = field(init=False)
+
+    student_surfaces: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.settings.student_tokenizer)
+        self.vocabulary = VocabularyMap(self.tokenizer)
+        self.newline = newline_separator(self.tokenizer)
+        self.scheme = tokenizer_scheme(self.tokenizer)
+        pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        self.student_surfaces = surfaces(pieces, self.scheme)
+
+    def align_lines(self, lines: list[tuple[str, str]]) -> list[tuple[dict | None, str | None]]:
+        """Parse, validate and align a chunk of ``(where, JSONL line)``; student texts are tokenized as a batch."""
+        samples = [parse_sample(line, where) for where, line in lines]
+        texts = [render(sample.text.strip(), self.newline) for sample in samples]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [align_sample(sample, self, text, ids) for sample, text, ids in zip(samples, texts, encoded)]
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(settings: AlignSettings) -> None:
+    global _WORKER
+    _WORKER = _Worker(settings)
+
+
+def align_sample(
+    sample: TeacherSample, worker: _Worker, text: str, student_ids: list[int]
+) -> tuple[dict | None, str | None]:
+    """One sample (``text`` as the student sees it, ``student_ids`` its tokens) to one output row, or
+    ``(None, reason)`` when it is dropped."""
+    settings = worker.settings
+    if settings.only_correct and not sample.correct:
+        return None, "incorrect answer (--only-correct)"
+    if not student_ids:
+        return None, "no student tokens"
+    if len(student_ids) > settings.max_length:
+        return None, f"longer than max_length={settings.max_length}"
+    student = [worker.student_surfaces[i] for i in student_ids]
+    teacher = surfaces(sample.tokens, settings.teacher_scheme)
+    try:
+        path = align_path(teacher, student, settings.method)
+    except ValueError as err:
+        raise ValueError(f"sample {sample.key}: {err}") from err
+    targets = project(
+        student_ids, path, sample.top_tokens, sample.top_logprobs, worker.vocabulary, settings.top_k, settings.tail
+    )
+    row = {
+        "question_id": sample.question_id,
+        "sample_index": sample.sample_index,
+        "text": text,
+        "answer": sample.answer or "",
+        "correct": bool(sample.correct),
+        "top_k": settings.top_k,
+        "input_ids": targets.input_ids.astype(np.int32),
+        "topk_ids": targets.ids.reshape(-1).astype(np.int32),
+        "topk_probs": targets.probs.reshape(-1),
+        "one_to_one": targets.one_to_one,
+    }
+    return row, None
+
+
+def _align_in_worker(lines: list[tuple[str, str]]) -> list[tuple[dict | None, str | None]]:
+    assert _WORKER is not None
+    return _WORKER.align_lines(lines)
+
+
+def _chunks(path: str | os.PathLike, size: int = 64) -> Iterator[list[tuple[str, str]]]:
+    """``(file:line, text)`` of every non-blank line of the sample files, in chunks."""
+    chunk: list[tuple[str, str]] = []
+    for file in sample_files(path):
+        with file.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    chunk.append((f"{file}:{number}", line))
+                    if len(chunk) == size:
+                        yield chunk
+                        chunk = []
+    if chunk:
+        yield chunk
+
+
+def _results(
+    path: str | os.PathLike, settings: AlignSettings, num_proc: int
+) -> Iterator[tuple[dict | None, str | None]]:
+    """Rows in input order; JSON parsing, tokenizing and aligning all happen in the workers."""
+    if num_proc <= 1:
+        worker = _Worker(settings)
+        for chunk in _chunks(path):
+            yield from worker.align_lines(chunk)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(num_proc, initializer=_init_worker, initargs=(settings,)) as pool:
+        for rows in pool.imap(_align_in_worker, _chunks(path)):
+            yield from rows
+
+
+def run_align(
+    samples_path: str | os.PathLike, out: str | os.PathLike, settings: AlignSettings, num_proc: int = 1
+) -> dict:
+    """Align every sample, write ``targets.arrow`` and ``summary.json`` under ``out``; return the summary."""
+    total = sum(len(chunk) for chunk in _chunks(samples_path, size=4096))
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / (TARGETS_FILE + ".partial")
+    dropped: Counter[str] = Counter()
+    kept = positions = one_to_one = 0
+    batch: list[dict] = []
+    with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+        for row, reason in tqdm(_results(samples_path, settings, num_proc), total=total, desc="align", unit="sample"):
+            if row is None:
+                dropped[reason] += 1
+                continue
+            kept += 1
+            positions += len(row["input_ids"])
+            one_to_one += int(row["one_to_one"].sum())
+            batch.append(row)
+            if len(batch) >= 512:
+                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
+                batch = []
+        if batch:
+            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
+    partial.replace(out_dir / TARGETS_FILE)
+    summary = {
+        "samples": total,
+        "kept": kept,
+        "dropped": dict(dropped),
+        "positions": positions,
+        "one_to_one_share": one_to_one / positions if positions else 0.0,
+        "student_tokenizer": settings.student_tokenizer,
+        "method": settings.method,
+        "top_k": settings.top_k,
+        "tail": settings.tail,
+        "source": str(samples_path),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info(
+        "aligned %d of %d samples; %.1f%% of student positions one-to-one; dropped %s",
+        kept,
+        total,
+        100 * summary["one_to_one_share"],
+        dict(dropped) or "none",
+    )
+    return summary
+
+
+def load_targets(folder: str | os.PathLike):
+    """The aligned targets as a memory-mapped `datasets.Dataset`."""
+    from datasets import Dataset
+
+    path = Path(folder) / TARGETS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no aligned targets at {path} (run `specialight align ... --out {folder}` first)")
+    return Dataset.from_file(str(path))
