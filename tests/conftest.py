@@ -99,3 +99,37 @@ def teacher_samples(tmp_path_factory, tiny_gpt2_dir, data_dir) -> Path:
             )
             handle.write(sample.to_json() + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def confident_samples(tmp_path_factory, gpt2_tokenizer, data_dir) -> Path:
+    """Teacher samples of a confident teacher on 12 GSM8K rationales: 0.8 on the written token, 0.05 on
+    each of four common alternatives (GPT-2 tokens as text), so distribution matching has real signal."""
+    import math
+
+    from specialight.align.markers import surfaces
+    from specialight.data.formats import answer_target
+    from specialight.data.records import TeacherSample
+    from specialight.data.tasks import load_examples
+
+    path = tmp_path_factory.mktemp("confident") / "samples.jsonl"
+    alternatives = [" the", " and", ".", ",", " is"]
+    with path.open("w") as handle:
+        for example in load_examples("gsm8k", "tune", data_dir)[:12]:
+            text = answer_target(example.answer, example.rationale)
+            tokens = surfaces(gpt2_tokenizer.convert_ids_to_tokens(gpt2_tokenizer.encode(text)), "byte_level")
+            top = [[token] + [a for a in alternatives if a != token][:4] for token in tokens]
+            logprobs = [[math.log(0.8)] + [math.log(0.05)] * 4 for _ in tokens]
+            sample = TeacherSample(
+                example.id,
+                0,
+                "".join(tokens),
+                tokens,
+                top,
+                logprobs,
+                correct=True,
+                answer=example.answer,
+                teacher="confident",
+            )
+            handle.write(sample.to_json() + "\n")
+    return path

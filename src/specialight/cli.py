@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(args: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (also used by the console script)."""
     argv = list(sys.argv[1:] if args is None else args)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from specialight.training import run_lightning_cli
 

@@ -1,0 +1,151 @@
+"""`SpecializationModule`: the one LightningModule; every experiment is a config of it.
+
+The student is an encoder-decoder (T5/FlanT5) or a decoder-only model, loaded by `specialight.models`.
+The loss is a plugin (`specialight.losses`) chosen by ``class_path``; checkpoints store it as
+``{"class_path", "init_args"}`` so ``load_from_checkpoint`` rebuilds the same plugin. AdamW with a linear
+warm-up and a cosine decay over the run's optimizer steps (the paper: lr 5e-4, cosine).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import lazy_instance
+from torch import Tensor
+
+from specialight.data.formats import FORMATS
+from specialight.losses import SampleMatching, SpecializationLoss
+from specialight.models import load_student
+
+
+def loss_spec(loss: SpecializationLoss) -> dict[str, Any]:
+    """A loss plugin as ``{"class_path", "init_args"}`` (what a checkpoint stores)."""
+    cls = type(loss)
+    init_args = {"formats": list(loss.formats)} if hasattr(loss, "formats") else {}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def build_loss(spec: SpecializationLoss | dict[str, Any]) -> SpecializationLoss:
+    """The plugin itself, from an instance or a ``class_path`` spec."""
+    if isinstance(spec, SpecializationLoss):
+        return spec
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not issubclass(cls, SpecializationLoss):
+        raise TypeError(f"{spec['class_path']} is not a SpecializationLoss")
+    return cls(**spec.get("init_args", {}))
+
+
+class SpecializationModule(L.LightningModule):
+    """Tunes a student on `SpecializationDataModule` batches with a loss plugin.
+
+    Args:
+        model_name_or_path: student folder, hub id or alias (`specialight.models.resolve_model`).
+        loss: `SampleMatching` (cross-entropy) or `DistributionMatching` (KL to the teacher's top-k).
+        learning_rate: peak AdamW learning rate (the paper: 5e-4).
+        weight_decay: AdamW weight decay.
+        warmup: warm-up steps (>= 1) or a fraction of all optimizer steps (< 1).
+        min_lr_ratio: the cosine decays to ``learning_rate * min_lr_ratio``.
+        gradient_checkpointing: trade compute for activation memory.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        loss: SpecializationLoss = lazy_instance(SampleMatching),
+        learning_rate: float = 5e-4,
+        weight_decay: float = 0.0,
+        warmup: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.loss = build_loss(loss)
+        self.save_hyperparameters(ignore=["loss"])
+        self.hparams["loss"] = loss_spec(self.loss)
+        self.model = load_student(model_name_or_path).train()  # from_pretrained returns eval mode
+        self.encoder_decoder = bool(self.model.config.is_encoder_decoder)
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.run_config: dict[str, Any] | None = None
+        self._step_started: float | None = None
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.loss.needs_teacher_distributions and not getattr(datamodule, "has_teacher_distributions", False):
+            raise ValueError(
+                f"{type(self.loss).__name__} needs teacher top-k targets: set data.teacher_data to a folder "
+                "written by `specialight align`, or use specialight.losses.SampleMatching"
+            )
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Logits aligned with ``batch["labels"]``: ``[B, T, V]`` (decoder-only logits shifted by one)."""
+        if self.encoder_decoder:
+            decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+            return self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=decoder_input_ids,
+            ).logits
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+
+    def targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch's label-side tensors aligned with `forward`'s logits."""
+        if self.encoder_decoder:
+            return batch
+        shifted = {key: batch[key][:, 1:] for key in ("labels", "topk_ids", "topk_probs") if key in batch}
+        return {**batch, **shifted}
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.loss(self(batch), self.targets(batch))
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        formats = batch["format_ids"].unique()
+        if formats.numel() == 1:
+            self.log(f"train/loss_{FORMATS[int(formats)]}", loss, batch_size=size)
+        now = time.perf_counter()
+        if self._step_started is not None:
+            tokens = int(batch["attention_mask"].sum()) + (
+                int((batch["labels"] >= 0).sum()) if self.encoder_decoder else 0
+            )
+            self.log("train/tokens_per_s", tokens / max(now - self._step_started, 1e-9), batch_size=size)
+        self._step_started = now
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.loss(self(batch), self.targets(batch))
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(hp.warmup) if hp.warmup >= 1 else int(hp.warmup * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the run's config and the sha256 of the data it read beside the weights."""
+        record: dict[str, Any] = {"config": self.run_config}
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "data_sha256"):
+            record["data_sha256"] = datamodule.data_sha256()
+        checkpoint["specialight"] = record

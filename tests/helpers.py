@@ -1,0 +1,31 @@
+"""Test-only Lightning callbacks (importable by class_path from subprocess runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+
+class RecordSteps(L.Callback):
+    """Append ``{"rank", "step", "units", "loss"}`` per training batch to ``<out>/rank<r>.jsonl``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "rank": trainer.global_rank,
+            "step": trainer.global_step,
+            "units": batch["units"].tolist(),
+            "loss": float(outputs["loss"]),
+        }
+        with (self.out / f"rank{trainer.global_rank}.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_steps(out: str | Path, rank: int = 0) -> list[dict]:
+    path = Path(out) / f"rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

@@ -1,0 +1,235 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from specialight.align.run import AlignSettings, run_align
+from specialight.data.datamodule import FormatBatchSampler, SpecializationDataModule
+from specialight.losses import DistributionMatching, SampleMatching
+from specialight.module import SpecializationModule
+from tests.conftest import ROOT, TOKENIZERS
+from tests.helpers import RecordSteps, read_steps
+
+FORMATS_SMALL = {
+    "in_context_cot": 1.0,
+    "zero_shot_cot": 1.0,
+    "zero_shot_answer_only": 1.0,
+    "in_context_answer_only": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def aligned_t5(confident_samples, tmp_path_factory):
+    out = tmp_path_factory.mktemp("aligned-t5")
+    run_align(confident_samples, out, AlignSettings(student_tokenizer=str(TOKENIZERS / "t5")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def aligned_gpt2(confident_samples, tmp_path_factory):
+    out = tmp_path_factory.mktemp("aligned-gpt2")
+    run_align(confident_samples, out, AlignSettings(student_tokenizer=str(TOKENIZERS / "gpt2")))
+    return out
+
+
+def trainer(steps: int, callbacks=(), **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
+
+
+def datamodule(model_dir, data_dir, teacher_data=None, **kwargs):
+    options = dict(limit=8, batch_size=4, formats=FORMATS_SMALL, num_demonstrations=2, max_source_length=384)
+    return SpecializationDataModule(
+        str(model_dir), teacher_data=teacher_data, data_dir=str(data_dir), **(options | kwargs)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", ["t5", "gpt2"])
+@pytest.mark.parametrize("loss_name", ["sample", "distribution"])
+def test_tiny_students_fit_and_the_loss_drops(student, loss_name, request, data_dir, tmp_path):
+    torch.manual_seed(0)
+    model_dir = request.getfixturevalue(f"tiny_{student}_dir")
+    teacher_data = request.getfixturevalue(f"aligned_{student}") if loss_name == "distribution" else None
+    loss = DistributionMatching() if loss_name == "distribution" else SampleMatching()
+    module = SpecializationModule(str(model_dir), loss=loss, learning_rate=1e-2, warmup=2)
+    record = RecordSteps(str(tmp_path))
+    trainer(32, [record]).fit(module, datamodule(model_dir, data_dir, teacher_data))
+    losses = [s["loss"] for s in read_steps(tmp_path)]
+    assert len(losses) == 32
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 2.0, (first, last)  # nats per token; uniform over the vocabulary is ~10.4
+
+
+def test_batches_hold_one_format_and_cover_every_unit_once(tiny_t5_dir, data_dir):
+    dm = datamodule(tiny_t5_dir, data_dir)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    seen = []
+    for batch in loader:
+        assert batch["format_ids"].unique().numel() == 1
+        seen += batch["units"].tolist()
+    assert sorted(seen) == list(range(len(dm.dataset))) == list(range(32))
+
+
+def test_causal_labels_mask_the_prompt_and_end_with_eos(tiny_gpt2_dir, data_dir):
+    dm = datamodule(tiny_gpt2_dir, data_dir)
+    dm.setup("fit")
+    example = dm.encode(dm.dataset.items[0], "zero_shot_cot")
+    prompt_length = example["labels"].count(-100)
+    assert prompt_length > 0 and all(x == -100 for x in example["labels"][:prompt_length])
+    assert example["labels"][prompt_length:] == example["input_ids"][prompt_length:]
+    assert example["labels"][-1] == dm.tokenizer.eos_token_id
+    assert dm.tokenizer.decode(example["input_ids"][:prompt_length]).startswith("Q: ")
+
+
+def test_aligned_targets_feed_their_exact_tokens(tiny_t5_dir, data_dir, aligned_t5):
+    from specialight.align.run import load_targets
+
+    dm = datamodule(tiny_t5_dir, data_dir, teacher_data=str(aligned_t5))
+    dm.setup("fit")
+    assert dm.has_teacher_distributions
+    row = load_targets(aligned_t5)[0]
+    example = dm.encode(dm.dataset.items[0], "zero_shot_cot")
+    assert example["labels"][:-1] == row["input_ids"][: len(example["labels"]) - 1]
+    assert example["topk_ids"].shape == (len(example["labels"]), 5)
+    assert (example["topk_probs"].sum(-1) <= 1 + 1e-5).all()
+    answer_only = dm.encode(dm.dataset.items[0], "zero_shot_answer_only")
+    assert (answer_only["topk_probs"][:, 0] == 1).all()  # answer-only: one-hot on its own tokens
+
+
+def test_distribution_matching_without_aligned_targets_is_refused(tiny_t5_dir, data_dir):
+    module = SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching())
+    with pytest.raises(ValueError, match="teacher_data"):
+        trainer(2).fit(module, datamodule(tiny_t5_dir, data_dir))
+
+
+def test_shards_are_disjoint_and_equal():
+    formats, lengths = [i % 4 for i in range(103)], [i * 7 % 31 for i in range(103)]
+    shards = [FormatBatchSampler(formats, lengths, 4, rank=r, world_size=2, seed=5) for r in range(2)]
+    units = [[u for b in s for u in b] for s in shards]
+    assert not set(units[0]) & set(units[1])
+    assert len(list(shards[0])) == len(list(shards[1]))
+    again = FormatBatchSampler(formats, lengths, 4, rank=0, world_size=2, seed=5)
+    assert list(again) == list(shards[0])
+    again.set_epoch(1)
+    assert list(again) != list(shards[0])
+
+
+@pytest.mark.slow
+def test_checkpoint_reloads_loss_plugin_and_resume_keeps_data_order(tiny_t5_dir, data_dir, aligned_t5, tmp_path):
+    def run(steps, out, ckpt_path=None, every=None):
+        module = SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching(formats=("zero_shot_cot",)))
+        callbacks = [RecordSteps(str(out))]
+        extra = {}
+        if every:
+            callbacks.append(
+                L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every, save_top_k=-1)
+            )
+            extra["enable_checkpointing"] = True
+        t = L.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            limit_val_batches=0,
+            callbacks=callbacks,
+            **({"enable_checkpointing": False} | extra),
+        )
+        t.fit(module, datamodule(tiny_t5_dir, data_dir, teacher_data=str(aligned_t5)), ckpt_path=ckpt_path)
+        return t
+
+    run(12, tmp_path / "whole")  # 8 batches an epoch: the resumed run crosses into epoch 1
+    run(3, tmp_path / "first", every=3)
+    checkpoint = next((tmp_path / "ckpt").glob("*.ckpt"))
+    run(12, tmp_path / "second", ckpt_path=checkpoint)
+    whole = [s["units"] for s in read_steps(tmp_path / "whole")]
+    resumed = [s["units"] for s in read_steps(tmp_path / "first") + read_steps(tmp_path / "second")]
+    assert resumed == whole
+    assert [s["step"] for s in read_steps(tmp_path / "second")] == list(range(4, 13))
+    assert whole[:8] != whole[8:]  # a new order each epoch
+
+    reloaded = SpecializationModule.load_from_checkpoint(checkpoint)
+    assert isinstance(reloaded.loss, DistributionMatching) and reloaded.loss.formats == ("zero_shot_cot",)
+    stored = torch.load(checkpoint, weights_only=False)["specialight"]
+    assert any(path.endswith("targets.arrow") for path in stored["data_sha256"])
+    assert all(len(digest) == 64 for digest in stored["data_sha256"].values())
+
+
+def cli(*args, cwd, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "specialight.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
+    result = cli(
+        "fit",
+        "--model.model_name_or_path",
+        str(tiny_t5_dir),
+        "--data.data_dir",
+        str(data_dir),
+        "--data.limit",
+        "12",
+        "--data.batch_size",
+        "2",
+        "--data.num_demonstrations",
+        "1",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks+=tests.helpers.RecordSteps",
+        f"--trainer.callbacks.out={tmp_path / 'steps'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [read_steps(tmp_path / "steps", r) for r in (0, 1)]
+    units = [[u for s in steps for u in s["units"]] for steps in ranks]
+    assert units[0] and units[1] and not set(units[0]) & set(units[1])
+    assert len(ranks[0]) == len(ranks[1]) == 12  # 48 units / batch 2 / 2 ranks
+    assert len(list((tmp_path / "runs").rglob("*.ckpt"))) == 1
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_parses(config, tmp_path):
+    if "loss" in config.parts or "data" in config.parts:
+        args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(config), "--print_config"]
+    else:
+        args = ["fit", "--config", str(config), "--print_config"]
+    result = cli(*args, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model_name_or_path" in result.stdout
