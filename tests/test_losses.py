@@ -82,3 +82,28 @@ def test_answer_only_formats_use_cross_entropy_by_default():
 def test_distribution_matching_refuses_batches_without_teacher_targets():
     with pytest.raises(ValueError, match="specialight align"):
         DistributionMatching()(torch.randn(B, T, V), {"labels": torch.zeros(B, T, dtype=torch.long)})
+
+
+def test_hand_written_backward_matches_autograd():
+    torch.manual_seed(5)
+    logits = torch.randn(B, T, V, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, V, (B, T, K))
+    probs = torch.rand(B, T, K, dtype=torch.float64) / K
+    labels = torch.randint(0, V, (B, T))
+    labels[1, 2:] = IGNORE_INDEX
+    formats = torch.tensor([COT, AO, COT])
+    data = {"labels": labels, "topk_ids": ids, "topk_probs": probs, "format_ids": formats}
+    DistributionMatching()(logits, data).backward()
+    ours = logits.grad.clone()
+
+    logits.grad = None
+    log_q = logits.log_softmax(-1)
+    kl = (probs * (probs.log() - log_q.gather(-1, ids))).sum(-1)
+    ce = -log_q.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    per_token = torch.where((formats != AO).unsqueeze(-1), kl, ce)
+    mask = (labels != IGNORE_INDEX).double()
+    ((per_token * mask).sum() / mask.sum()).backward()
+    torch.testing.assert_close(ours, logits.grad)
+    assert torch.autograd.gradcheck(
+        lambda z: DistributionMatching()(z, data), (logits.detach().clone().requires_grad_(True),)
+    )

@@ -17,6 +17,11 @@ from specialight.data.formats import FORMATS, check_format
 IGNORE_INDEX = -100
 
 
+def _wide(tensor: Tensor) -> Tensor:
+    """``tensor`` in at least float32 (bf16/fp16 logits are summed in fp32; fp64 stays fp64)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
 def _token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
     """Mean over the unmasked positions of ``[B, T]`` values (0 when nothing is unmasked)."""
     return (per_token * mask).sum() / mask.sum().clamp_min(1)
@@ -44,7 +49,7 @@ class SampleMatching(SpecializationLoss):
     """Token cross-entropy on the target text (a teacher sample or a gold rationale)."""
 
     def per_token(self, logits: Tensor, batch: dict[str, Tensor], labels: Tensor) -> Tensor:
-        return nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, reduction="none")
+        return nn.functional.cross_entropy(_wide(logits).transpose(1, 2), labels, reduction="none")
 
 
 class DistributionMatching(SpecializationLoss):
@@ -75,12 +80,40 @@ class DistributionMatching(SpecializationLoss):
                 "DistributionMatching needs teacher top-k targets in the batch: give the data module aligned "
                 "targets from `specialight align` (teacher_data: DIR), or use SampleMatching"
             )
-        logits = logits.float()
-        log_normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, T, 1]
-        probs = batch["topk_probs"].detach().float()  # [B, T, k]; the teacher is a target, never trained
-        student = torch.gather(logits, -1, batch["topk_ids"]) - log_normalizer  # [B, T, k]
+        use_kl = self.chosen[batch["format_ids"]].unsqueeze(-1).expand_as(labels)  # [B, T]
+        return SparseKL.apply(logits, batch["topk_ids"], batch["topk_probs"].detach(), labels, use_kl)
+
+
+class SparseKL(torch.autograd.Function):
+    """Per-position KL to sparse top-k targets (where ``use_kl``) or cross-entropy on ``labels`` (elsewhere).
+
+    A hand-written backward keeps the memory of plain cross-entropy: the gradient
+    ``(sum_k p_k) softmax(z) - scatter(p)`` (KL) or ``softmax(z) - onehot(label)`` (CE) is built in one
+    ``[B, T, V]`` buffer, where autograd through ``logsumexp`` and ``gather`` would hold two or three.
+    Shapes: ``logits`` ``[B, T, V]``, ``ids``/``probs`` ``[B, T, k]``, ``labels``/``use_kl`` ``[B, T]``;
+    returns ``[B, T]``. The teacher ``probs`` get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, ids: Tensor, probs: Tensor, labels: Tensor, use_kl: Tensor) -> Tensor:
+        log_normalizer = torch.logsumexp(_wide(logits), dim=-1)  # [B, T]
+        probs = probs.to(log_normalizer.dtype)
+        student = _wide(torch.gather(logits, -1, ids)) - log_normalizer.unsqueeze(-1)  # [B, T, k]
         teacher_log = torch.where(probs > 0, probs.clamp_min(1e-30).log(), torch.zeros_like(probs))
-        kl = (probs * (teacher_log - student)).sum(-1)  # [B, T]
-        cross_entropy = log_normalizer.squeeze(-1) - torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
-        use_kl = self.chosen[batch["format_ids"]].unsqueeze(-1)  # [B, 1]
+        kl = (probs * (teacher_log - student)).sum(-1)
+        cross_entropy = log_normalizer - _wide(torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1))
+        ctx.save_for_backward(logits, ids, probs, labels, use_kl, log_normalizer)
         return torch.where(use_kl, kl, cross_entropy)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        logits, ids, probs, labels, use_kl, log_normalizer = ctx.saved_tensors
+        grad_output = grad_output.to(log_normalizer.dtype)
+        mass = torch.where(use_kl, probs.sum(-1), torch.ones_like(grad_output))  # [B, T]
+        grad = (_wide(logits) - log_normalizer.unsqueeze(-1)).exp_()  # softmax, [B, T, V]
+        grad.mul_((grad_output * mass).unsqueeze(-1))
+        kl_weight = torch.where(use_kl, grad_output, torch.zeros_like(grad_output)).unsqueeze(-1)
+        grad.scatter_add_(-1, ids, -(probs * kl_weight))
+        ce_weight = torch.where(use_kl, torch.zeros_like(grad_output), grad_output).unsqueeze(-1)
+        grad.scatter_add_(-1, labels.unsqueeze(-1), -ce_weight)
+        return grad.to(logits.dtype), None, None, None, None

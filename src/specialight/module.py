@@ -77,7 +77,12 @@ class SpecializationModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if self.loss.needs_teacher_distributions and not getattr(datamodule, "has_teacher_distributions", False):
+        # without a data module (plain dataloaders) the loss itself checks each batch
+        if (
+            datamodule is not None
+            and self.loss.needs_teacher_distributions
+            and not getattr(datamodule, "has_teacher_distributions", False)
+        ):
             raise ValueError(
                 f"{type(self.loss).__name__} needs teacher top-k targets: set data.teacher_data to a folder "
                 "written by `specialight align`, or use specialight.losses.SampleMatching"
