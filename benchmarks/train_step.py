@@ -8,9 +8,9 @@ top-5 teacher targets from `specialight align` on a confident synthetic teacher)
 2. time and peak memory of a step with DistributionMatching against SampleMatching. Target <= 1.15x both.
 
 CPU: a random T5 (d_model 256, 4+4 layers, the real T5 vocabulary) in fp32; times are the best of
-``--rounds`` alternating rounds; peak memory is the peak RSS of a fresh child process per loss (RSS never
-shrinks, so one process cannot compare two runs), counted from the start of ``fit``. GPU (when present): a FlanT5-Base-sized random T5 in
-bf16; peak memory from torch.cuda.max_memory_allocated in this process.
+``--rounds`` alternating rounds; peak memory is the peak RSS during ``fit`` of a fresh child process per
+loss (RSS never shrinks, so one process cannot compare two runs). GPU (when present): a
+FlanT5-Base-sized random T5 in bf16; peak memory from torch.cuda.max_memory_allocated in this process.
 
     python benchmarks/train_step.py [--steps 12] [--warmup 3] [--batch-size 8] [--rounds 2]
 """
