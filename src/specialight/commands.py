@@ -86,6 +86,43 @@ def run_align_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``specialight evaluate``."""
+    parser.add_argument("--model", required=True, help="model folder, hub id, alias, or a specialight .ckpt")
+    parser.add_argument("--suites", required=True, help="comma-separated: gsm8k_test,mas_dev,bbh_cot,...")
+    parser.add_argument("--out", required=True, help="folder for per-example JSONL and summary.json")
+    parser.add_argument("--limit", type=int, default=None, help="first N examples of each suite / BBH task")
+    parser.add_argument("--bbh-tasks", default=None, help="comma-separated subset of the 27 BBH tasks")
+    parser.add_argument("--prompt-file", default=None, help="in-context math prompt (default: the paper's 4-shot)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--answer-only-max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    add_data_dir(parser)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model on suites, write per-example results and a summary, print a table."""
+    from specialight.evaluation.evaluator import EvalSettings, Evaluator, format_table, load_for_evaluation
+
+    settings = EvalSettings(
+        suites=[s.strip() for s in args.suites.split(",") if s.strip()],
+        limit=args.limit,
+        prompt_file=args.prompt_file,
+        bbh_tasks=args.bbh_tasks.split(",") if args.bbh_tasks else None,
+        max_new_tokens=args.max_new_tokens,
+        answer_only_max_new_tokens=args.answer_only_max_new_tokens,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+    )
+    model, tokenizer = load_for_evaluation(args.model, args.device)
+    evaluator = Evaluator(model, tokenizer, settings)
+    evaluator.items()  # fail on a bad suite or missing data before loading anything else
+    scores = evaluator.run(args.out)
+    sys.stdout.write(format_table(scores, per_task=True) + f"\nresults: {args.out}\n")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "data": ("print every task and split with its count", add_data_dir, run_data),
     "align": (
@@ -93,4 +130,5 @@ COMMANDS: dict[str, Command] = {
         add_align_arguments,
         run_align_command,
     ),
+    "evaluate": ("evaluate a model or checkpoint on benchmark suites", add_evaluate_arguments, run_evaluate),
 }

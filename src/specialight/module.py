@@ -25,7 +25,9 @@ from specialight.models import load_student
 
 def loss_spec(loss: SpecializationLoss) -> dict[str, Any]:
     """A loss plugin as ``{"class_path", "init_args"}`` (what a checkpoint stores)."""
-    cls = type(loss)
+    # a lazy_instance default is a generated subclass: name the plugin class it stands for
+    lazy = ("_LazyInitBaseClass",)
+    cls = next(c for c in type(loss).__mro__ if c.__name__ not in lazy and not c.__name__.startswith("LazyInstance_"))
     init_args = {"formats": list(loss.formats)} if hasattr(loss, "formats") else {}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
@@ -65,9 +67,10 @@ class SpecializationModule(L.LightningModule):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        self.loss = build_loss(loss)
+        spec = loss if isinstance(loss, dict) else loss_spec(loss)
+        self.loss = build_loss(spec)  # a fresh plugin per module, never a shared default instance
         self.save_hyperparameters(ignore=["loss"])
-        self.hparams["loss"] = loss_spec(self.loss)
+        self.hparams["loss"] = spec
         self.model = load_student(model_name_or_path).train()  # from_pretrained returns eval mode
         self.encoder_decoder = bool(self.model.config.is_encoder_decoder)
         if gradient_checkpointing:
@@ -125,6 +128,11 @@ class SpecializationModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self(batch), self.targets(batch))
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        return loss
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.loss(self(batch), self.targets(batch))
+        self.log("test/loss", loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:

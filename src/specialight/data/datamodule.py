@@ -370,12 +370,21 @@ class SpecializationDataModule(L.LightningDataModule):
             self._data_sha256 = {str(path): file_sha256(path) for path in self.data_files()}
         return self._data_sha256
 
-    def val_dataloader(self) -> DataLoader:
-        """GSM8K dev (gold rationales) in zero-shot CoT: the teacher-forced loss of held-out questions."""
-        self.setup("validate")
-        items = [Item(e, e.rationale) for e in load_examples("gsm8k", "dev", self.hparams.data_dir)]
+    def _gold_loader(self, split: str) -> DataLoader:
+        items = [Item(e, e.rationale) for e in load_examples("gsm8k", split, self.hparams.data_dir)]
         dataset = FormattedDataset(self, items, [(i, FORMATS.index("zero_shot_cot")) for i in range(len(items))])
         return DataLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        """GSM8K dev (gold rationales) in zero-shot CoT: the teacher-forced loss of held-out questions.
+        Accuracy comes from `specialight.callbacks.PeriodicEvaluation` and ``specialight evaluate``."""
+        self.setup("validate")
+        return self._gold_loader("dev")
+
+    def test_dataloader(self) -> DataLoader:
+        """GSM8K test (gold rationales) in zero-shot CoT, teacher-forced (``specialight test``)."""
+        self.setup("test")
+        return self._gold_loader("test")
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")

@@ -1,0 +1,260 @@
+"""Callbacks that measure the specialization while it happens, and pick the checkpoint to keep.
+
+`PeriodicEvaluation` runs evaluation suites before training and every N training examples, logs
+``eval/<suite>`` to the trainer's logger, appends each evaluation to ``<log_dir>/evaluations.jsonl`` (what
+`specialight plot` and the notebook read) and keeps the completions under
+``<log_dir>/evaluations/step-<N>/``. Under DDP only rank zero generates; the others wait and receive the
+scores, so every rank takes the same selection decisions.
+
+`ModelSelection` watches one metric (``eval/mas_dev``: held-out out-of-distribution math, the paper's
+choice; ``eval/gsm8k_dev`` possible), saves the best checkpoint and, when training ends, writes
+``selection.json`` and ``selection.md``: the paper's Table 3, the step each criterion picks and every
+evaluated score at that step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from specialight.evaluation.evaluator import EvalSettings, Evaluator
+
+logger = logging.getLogger(__name__)
+EVALUATIONS_FILE = "evaluations.jsonl"
+
+
+def log_dir(trainer: L.Trainer) -> Path:
+    """Where a run writes its files: the logger's folder, else the trainer's root folder."""
+    folder = Path((trainer.log_dir if trainer.logger is not None else None) or trainer.default_root_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class PeriodicEvaluation(L.Callback):
+    """Evaluate suites at step 0 and every ``every_n_examples`` training examples (and at the end).
+
+    Args:
+        suites: suite names, e.g. ``[gsm8k_dev, mas_dev, bbh_ao, bbh_cot]``.
+        every_n_examples: cadence in examples seen, summed over ranks (the paper: 10,000).
+        limit: cap on each math suite and each BBH task.
+        limits: per-suite caps (``{bbh_cot: 5}``) overriding ``limit``.
+        bbh_tasks: a subset of the 27 BBH tasks.
+        prompt_file: in-context math prompt (default: the paper's 4-shot file).
+        max_new_tokens: generation budget (the paper: 256).
+        answer_only_max_new_tokens: budget for ``bbh_ao``.
+        batch_size: prompts per generate call.
+        data_dir: benchmark folder.
+        before_training: evaluate once before the first step.
+        at_end: evaluate after the last step unless that step was just evaluated.
+    """
+
+    def __init__(
+        self,
+        suites: list[str],
+        every_n_examples: int = 10_000,
+        limit: int | None = None,
+        limits: dict[str, int] | None = None,
+        bbh_tasks: list[str] | None = None,
+        prompt_file: str | None = None,
+        max_new_tokens: int = 256,
+        answer_only_max_new_tokens: int = 32,
+        batch_size: int = 16,
+        data_dir: str | None = None,
+        before_training: bool = True,
+        at_end: bool = True,
+    ) -> None:
+        self.settings = EvalSettings(
+            suites=list(suites),
+            limit=limit,
+            limits=limits,
+            prompt_file=prompt_file,
+            bbh_tasks=bbh_tasks,
+            max_new_tokens=max_new_tokens,
+            answer_only_max_new_tokens=answer_only_max_new_tokens,
+            batch_size=batch_size,
+            data_dir=data_dir,
+        )
+        self.every_n_examples = every_n_examples
+        self.before_training = before_training
+        self.at_end = at_end
+        self.examples_seen = 0
+        self.history: list[dict[str, Any]] = []
+        self._evaluator: Evaluator | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"examples_seen": self.examples_seen, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.examples_seen = state_dict["examples_seen"]
+        self.history = state_dict["history"]
+
+    def _evaluator_for(self, pl_module: L.LightningModule) -> Evaluator:
+        if self._evaluator is None:
+            from specialight.models import load_tokenizer
+
+            tokenizer = load_tokenizer(pl_module.hparams.model_name_or_path)
+            self._evaluator = Evaluator(pl_module.model, tokenizer, self.settings)
+            self._evaluator.items()
+        return self._evaluator
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Run the suites now (rank zero), share the scores, log them and tell `ModelSelection`."""
+        step = trainer.global_step
+        record: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            started = time.perf_counter()
+            scores = self._evaluator_for(pl_module).run(
+                log_dir(trainer) / "evaluations" / f"step-{step}",
+                progress=trainer.progress_bar_callback is not None,
+                context=trainer.precision_plugin.forward_context,
+            )
+            record = {
+                "step": step,
+                "examples": self.examples_seen,
+                "seconds": round(time.perf_counter() - started, 1),
+                "num_parameters": sum(p.numel() for p in pl_module.model.parameters()),
+                "model": pl_module.hparams.model_name_or_path,
+                "scores": scores,
+            }
+            with (log_dir(trainer) / EVALUATIONS_FILE).open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        record = trainer.strategy.broadcast(record, src=0)
+        self.history.append(record)
+        metrics = {f"eval/{name}": value for name, value in record["scores"].items()}
+        if trainer.logger is not None and trainer.is_global_zero:
+            trainer.logger.log_metrics({**metrics, "eval/examples_seen": record["examples"]}, step=step)
+        trainer.callback_metrics.update({k: _tensor(v) for k, v in metrics.items()})
+        logger.info(
+            "step %d (%d examples): %s",
+            step,
+            record["examples"],
+            ", ".join(f"{k} {v:.1f}" for k, v in record["scores"].items() if "/" not in k),
+        )
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelSelection):
+                callback.on_evaluation(trainer, pl_module, record)
+        return record
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.before_training and trainer.global_step == 0 and not self.history:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        before = self.examples_seen // self.every_n_examples
+        self.examples_seen += int(batch["input_ids"].shape[0]) * trainer.world_size
+        if self.examples_seen // self.every_n_examples > before:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end and (not self.history or self.history[-1]["step"] != trainer.global_step):
+            self.evaluate(trainer, pl_module)
+
+
+def _tensor(value: float):
+    import torch
+
+    return torch.tensor(value)
+
+
+class ModelSelection(L.Callback):
+    """Keep the checkpoint that scores best on ``monitor`` and write the selection table at the end.
+
+    Args:
+        monitor: the metric that picks the checkpoint (``eval/mas_dev`` or ``eval/gsm8k_dev``).
+        mode: ``max`` (accuracy) or ``min``.
+        compare: further metrics to report a selection by in the table (the paper: ``eval/gsm8k_dev``).
+        filename: checkpoint file name, written in the run's folder.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "eval/mas_dev",
+        mode: str = "max",
+        compare: list[str] | None = None,
+        filename: str = "best.ckpt",
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.compare = list(compare) if compare is not None else ["eval/gsm8k_dev"]
+        self.filename = filename
+        self.best: dict[str, Any] | None = None
+        self.records: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "records": self.records}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict["best"]
+        self.records = state_dict["records"]
+
+    def _better(self, value: float, than: float) -> bool:
+        return value > than if self.mode == "max" else value < than
+
+    def on_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule, record: dict[str, Any]) -> None:
+        """Called by `PeriodicEvaluation` after each evaluation (on every rank)."""
+        self.records.append(record)
+        name = self.monitor.removeprefix("eval/")
+        if name not in record["scores"]:
+            raise ValueError(
+                f"ModelSelection monitors {self.monitor} but the evaluation has {sorted(record['scores'])}"
+            )
+        value = record["scores"][name]
+        if self.best is None or self._better(value, self.best["value"]):
+            path = log_dir(trainer) / self.filename
+            trainer.save_checkpoint(path)
+            self.best = {"step": record["step"], "examples": record["examples"], "value": value, "path": str(path)}
+
+    def choose(self, metric: str) -> dict[str, Any] | None:
+        """The evaluation record that ``metric`` selects (first best on ties)."""
+        name = metric.removeprefix("eval/")
+        scored = [r for r in self.records if name in r["scores"]]
+        if not scored:
+            return None
+        best = scored[0]
+        for record in scored[1:]:
+            if self._better(record["scores"][name], best["scores"][name]):
+                best = record
+        return best
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.records:
+            return
+        folder = log_dir(trainer)
+        criteria = [self.monitor] + [m for m in self.compare if m != self.monitor]
+        selections = {m: self.choose(m) for m in criteria}
+        summary = {
+            "monitor": self.monitor,
+            "best_checkpoint": self.best,
+            "selections": {m: r for m, r in selections.items() if r is not None},
+            "first": self.records[0],
+            "last": self.records[-1],
+        }
+        (folder / "selection.json").write_text(json.dumps(summary, indent=2))
+        (folder / "selection.md").write_text(selection_table(summary))
+        logger.info(
+            "selected step %s by %s; table: %s", self.best and self.best["step"], self.monitor, folder / "selection.md"
+        )
+
+
+def selection_table(summary: dict[str, Any]) -> str:
+    """The paper's Table 3 as markdown: per selection criterion, the chosen step and its scores; the first
+    and last evaluations for reference."""
+    rows = [("before training", summary["first"])]
+    rows += [
+        (f"selected by {metric.removeprefix('eval/')}", record) for metric, record in summary["selections"].items()
+    ]
+    rows.append(("end of training", summary["last"]))
+    metrics = [m for m in summary["last"]["scores"] if "/" not in m]
+    header = "| checkpoint | step | examples | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + "---|" * (3 + len(metrics))]
+    for label, record in rows:
+        scores = " | ".join(f"{record['scores'].get(m, float('nan')):.1f}" for m in metrics)
+        lines.append(f"| {label} | {record['step']} | {record['examples']} | {scores} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,132 @@
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from specialight.cli import cli_main
+from specialight.data.tasks import DataError
+from specialight.evaluation.evaluator import EvalSettings, Evaluator, score
+from specialight.evaluation.generation import generate
+from specialight.evaluation.suites import build_items, expand
+
+
+def test_math_prompts_are_the_paper_4_shot_plus_the_zero_shot_format(data_dir, t5_tokenizer):
+    item = build_items("gsm8k_dev", data_dir)[0]
+    assert item.prompt.startswith("Q: Ivan has a bird feeder")
+    assert item.prompt.count("Q: ") == 5 and item.prompt.endswith("Let's think step by step\n")
+    assert item.prompt_id == "prompt_simple_4_cases"
+    zero = build_items("gsm8k_dev_zero_shot", data_dir)[0]
+    assert zero.prompt.count("Q: ") == 1 and zero.prompt_id == "zero_shot_cot"
+    t5_item = build_items("gsm8k_dev", data_dir, newline=" | ")[0]
+    assert "\n" not in t5_item.prompt and " | Q: " in t5_item.prompt
+
+
+def test_bbh_prompts(data_dir):
+    cot = build_items("bbh_cot", data_dir, limit=1, bbh_tasks=["navigate"])[0]
+    assert cot.prompt.endswith("\nA: Let's think step by step.") and cot.prompt.count("Q: ") == 4
+    ao = build_items("bbh_ao", data_dir, limit=1, bbh_tasks=["navigate"], answer_only_max_new_tokens=8)[0]
+    assert ao.prompt.endswith("\nA:") and ao.max_new_tokens == 8
+    assert len(build_items("bbh_cot", data_dir, limit=2)) == 54
+
+
+def test_suites_expand_and_unknown_ones_are_refused():
+    assert expand(["mas_dev", "svamp_dev"]) == ["multiarith_dev", "asdiv_dev", "svamp_dev"]
+    with pytest.raises(DataError, match="unknown suite 'gsm8k_train'"):
+        expand(["gsm8k_train"])
+
+
+def test_scores_are_computed_from_extracted_answers(data_dir):
+    math = build_items("gsm8k_dev", data_dir, limit=4)
+    bbh = build_items("bbh_cot", data_dir, limit=2, bbh_tasks=["navigate", "word_sorting"])
+    items = math + bbh
+    completions = [
+        f"so {math[0].gold} in all. The answer is {math[0].gold}.",  # right
+        "The answer is 1,000,001.",  # wrong
+        f"The total is {math[2].gold}",  # right, by the last number
+        f"The answer is {math[3].gold}.\n\nQ: next question. The answer is 0",  # right, cut at Q:
+        f"So the answer is {bbh[0].gold}.",  # navigate right
+        "So the answer is Maybe.",  # navigate wrong
+        f"So the answer is {bbh[2].gold}.",  # word_sorting right
+        f"So the answer is {bbh[3].gold}.",  # word_sorting right
+    ]
+    scores, records = score(items, completions)
+    assert scores["gsm8k_dev"] == pytest.approx(75.0)
+    assert scores["bbh_cot/navigate"] == pytest.approx(50.0)
+    assert scores["bbh_cot/word_sorting"] == pytest.approx(100.0)
+    assert scores["bbh_cot"] == pytest.approx(75.0)  # unweighted mean over tasks
+    assert [r["correct"] for r in records] == [True, False, True, True, True, False, True, True]
+    assert records[1]["extracted"] == "1000001"
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_batched_generation_equals_one_at_a_time(kind, request, data_dir):
+    folder = request.getfixturevalue(f"tiny_{kind}_dir")
+    cls = AutoModelForCausalLM if kind == "gpt2" else AutoModelForSeq2SeqLM
+    model = cls.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = [i.prompt for i in build_items("gsm8k_dev_zero_shot", data_dir, limit=6)]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=4, progress=False)
+    single = [generate(model, tokenizer, [p], max_new_tokens=12, batch_size=1, progress=False)[0] for p in prompts]
+    assert batched == single
+    assert all("Q:" not in c for c in batched)
+
+
+def test_evaluator_writes_traceable_results(tiny_gpt2_dir, data_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    settings = EvalSettings(
+        suites=["gsm8k_dev", "mas_dev", "bbh_ao"],
+        limit=2,
+        bbh_tasks=["navigate", "snarks"],
+        max_new_tokens=8,
+        data_dir=str(data_dir),
+    )
+    scores = Evaluator(model, tokenizer, settings).run(tmp_path, progress=False)
+    assert set(scores) >= {
+        "gsm8k_dev",
+        "multiarith_dev",
+        "asdiv_dev",
+        "svamp_dev",
+        "mas_dev",
+        "bbh_ao",
+        "bbh_ao/navigate",
+        "bbh_ao/snarks",
+    }
+    assert scores["mas_dev"] == pytest.approx(
+        (scores["multiarith_dev"] + scores["asdiv_dev"] + scores["svamp_dev"]) / 3
+    )
+    rows = [json.loads(line) for line in (tmp_path / "gsm8k_dev.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and set(rows[0]) == {"suite", "id", "prompt_id", "completion", "extracted", "gold", "correct"}
+    assert scores["gsm8k_dev"] == pytest.approx(100.0 * sum(r["correct"] for r in rows) / 2)
+    assert json.loads((tmp_path / "summary.json").read_text()) == pytest.approx(scores)
+
+
+def test_evaluate_command(tiny_t5_dir, data_dir, tmp_path, capsys):
+    status = cli_main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_t5_dir),
+            "--suites",
+            "svamp_dev,bbh_cot",
+            "--limit",
+            "1",
+            "--bbh-tasks",
+            "web_of_lies",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(tmp_path),
+            "--data-dir",
+            str(data_dir),
+        ]
+    )
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "svamp_dev" in out and "bbh_cot/web_of_lies" in out
+    assert (tmp_path / "svamp_dev.jsonl").is_file() and (tmp_path / "bbh_cot.jsonl").is_file()
+    assert cli_main(["evaluate", "--model", str(tiny_t5_dir), "--suites", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown suite" in capsys.readouterr().err
