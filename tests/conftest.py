@@ -133,3 +133,47 @@ def confident_samples(tmp_path_factory, gpt2_tokenizer, data_dir) -> Path:
             )
             handle.write(sample.to_json() + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def logged_run(tiny_gpt2_dir, data_dir, tmp_path_factory):
+    """A 6-step fit of the tiny GPT-2 with PeriodicEvaluation (every 8 examples) and ModelSelection."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from specialight.callbacks import ModelSelection, PeriodicEvaluation
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.module import SpecializationModule
+
+    root = tmp_path_factory.mktemp("run")
+    evaluation = PeriodicEvaluation(
+        suites=["gsm8k_dev", "mas_dev", "bbh_cot"],
+        every_n_examples=8,
+        limit=1,
+        bbh_tasks=["navigate"],
+        max_new_tokens=4,
+        data_dir=str(data_dir),
+    )
+    selection = ModelSelection(monitor="eval/mas_dev", compare=["eval/gsm8k_dev"])
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=TensorBoardLogger(root, name="tb"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        callbacks=[evaluation, selection],
+        log_every_n_steps=1,
+    )
+    datamodule = SpecializationDataModule(
+        str(tiny_gpt2_dir),
+        data_dir=str(data_dir),
+        limit=8,
+        batch_size=4,
+        num_demonstrations=1,
+        formats={"zero_shot_cot": 1.0, "in_context_cot": 1.0},
+    )
+    trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
+    return trainer, evaluation, selection

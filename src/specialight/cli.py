@@ -56,7 +56,7 @@ def cli_main(args: Sequence[str] | None = None) -> int:
     parsed = build_parser().parse_args(argv)
     try:
         return parsed.run(parsed)
-    except DataError as err:
+    except (DataError, FileNotFoundError) as err:
         sys.stderr.write(f"specialight {parsed.command}: error: {err}\n")
         return 2
 

@@ -123,6 +123,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``specialight plot``."""
+    parser.add_argument(
+        "--logdir",
+        action="append",
+        required=True,
+        help="a run folder (or a folder of runs) holding evaluations.jsonl; repeat for several",
+    )
+    parser.add_argument("--out", required=True, help="PNG file for the curves (a _scaling PNG is added beside it)")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Draw the specialization curves (and the scaling plot for runs of several sizes)."""
+    from specialight.plots import plot_runs
+
+    for path in plot_runs(args.logdir, args.out):
+        sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "data": ("print every task and split with its count", add_data_dir, run_data),
     "align": (
@@ -131,4 +151,5 @@ COMMANDS: dict[str, Command] = {
         run_align_command,
     ),
     "evaluate": ("evaluate a model or checkpoint on benchmark suites", add_evaluate_arguments, run_evaluate),
+    "plot": ("draw the specialization curves from logged runs", add_plot_arguments, run_plot),
 }
