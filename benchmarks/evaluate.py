@@ -46,8 +46,9 @@ def main() -> None:
     generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
 
     start = time.perf_counter()
-    ours = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                    progress=False)
+    ours = generate(
+        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False
+    )
     ours_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -55,10 +56,17 @@ def main() -> None:
     with torch.inference_mode():
         for prompt in prompts:
             ids = tokenizer(prompt, return_tensors="pt")
-            output = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.eos_token_id, stop_strings=["Q:"], tokenizer=tokenizer)
-            baseline.append(cut_at_stop(tokenizer.decode(output[0, ids["input_ids"].shape[1]:],
-                                                         skip_special_tokens=True)))
+            output = model.generate(
+                **ids,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+                stop_strings=["Q:"],
+                tokenizer=tokenizer,
+            )
+            baseline.append(
+                cut_at_stop(tokenizer.decode(output[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+            )
     baseline_s = time.perf_counter() - start
 
     same = sum(a == b for a, b in zip(ours, baseline))
@@ -68,15 +76,19 @@ def main() -> None:
     print(f"{'one example at a time (generate)':<36} {baseline_rate:>10.2f} {baseline_s:>8.1f}")
     print(f"{'ours, batch ' + str(args.batch_size) + ', length-sorted':<36} {ours_rate:>10.2f} {ours_s:>8.1f}")
     print(f"ratio: {ours_rate / baseline_rate:.2f}x (target >= 3x); identical completions: {same}/{len(prompts)}")
-    print(json.dumps({
-        "benchmark": "evaluate",
-        "ours_per_s": round(ours_rate, 3),
-        "baseline_per_s": round(baseline_rate, 3),
-        "ratio": round(ours_rate / baseline_rate, 2),
-        "identical": same,
-        "examples": len(prompts),
-        "device": f"cpu ({os.cpu_count()} cores)",
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "evaluate",
+                "ours_per_s": round(ours_rate, 3),
+                "baseline_per_s": round(baseline_rate, 3),
+                "ratio": round(ours_rate / baseline_rate, 2),
+                "identical": same,
+                "examples": len(prompts),
+                "device": f"cpu ({os.cpu_count()} cores)",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -232,3 +232,16 @@ def test_every_config_parses(config, tmp_path):
     result = cli(*args, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model_name_or_path" in result.stdout
+
+
+def test_decoder_only_logits_start_at_the_first_scored_position(tiny_gpt2_dir, data_dir):
+    module = SpecializationModule(str(tiny_gpt2_dir)).eval()
+    dm = datamodule(tiny_gpt2_dir, data_dir)
+    dm.setup("fit")
+    batch = dm.collate([dm.encode(dm.dataset.items[i], "in_context_cot") for i in range(3)])
+    assert module._keeps_logits
+    logits, targets = module(batch), module.targets(batch)
+    assert logits.shape[1] == targets["labels"].shape[1] < batch["input_ids"].shape[1] - 100
+    full = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    full_labels = batch["labels"][:, 1:]
+    torch.testing.assert_close(module.loss(logits, targets), module.loss(full, {**batch, "labels": full_labels}))

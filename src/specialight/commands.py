@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from specialight.data.tasks import DATA_DIR_ENV
 
+DEFAULT_TEACHER_PROMPT = "prompts/flan_t5_cot_specialization/prompt_complex.txt"
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
@@ -143,6 +145,91 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``specialight distill``."""
+    parser.add_argument("--questions", default="gsm8k:tune", help="TASK:SPLIT to sample on (default gsm8k:tune)")
+    parser.add_argument(
+        "--teacher",
+        required=True,
+        help="openai:MODEL (an OpenAI-compatible server, with --base-url) or local:PATH_OR_ID",
+    )
+    parser.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8080/v1 (openai teachers)")
+    parser.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    parser.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the API key (the key itself is never stored)",
+    )
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="few-shot CoT prompt file (default: the paper's prompt_complex.txt under --data-dir)",
+    )
+    parser.add_argument("--num-samples", type=int, default=40)
+    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (openai teachers)")
+    parser.add_argument("--max-retries", type=int, default=6)
+    parser.add_argument("--out", required=True, help="output folder (samples.jsonl, summary.json)")
+    parser.add_argument("--limit", type=int, default=None, help="the first N questions")
+    parser.add_argument(
+        "--score",
+        action="store_true",
+        help="local teachers: score the gold rationales teacher-forced instead of sampling",
+    )
+    parser.add_argument("--device", default="cpu")
+    add_data_dir(parser)
+
+
+def run_distill_command(args: argparse.Namespace) -> int:
+    """Sample (or score) teacher chains of thought with top-k log-probs, resumably."""
+    from specialight.data.tasks import DataError, load_examples, resolve_data_dir
+    from specialight.teacher.distill import DistillSettings, run_distill
+
+    task, _, split = args.questions.partition(":")
+    questions = load_examples(task, split or "tune", args.data_dir)[: args.limit]
+    prompt_path = Path(args.prompt) if args.prompt else resolve_data_dir(args.data_dir) / DEFAULT_TEACHER_PROMPT
+    if not prompt_path.is_file():
+        raise DataError(f"missing prompt file: {prompt_path} (give --prompt FILE)")
+    template = prompt_path.read_text(encoding="utf-8")
+    kind, _, name = args.teacher.partition(":")
+    if kind == "openai":
+        if not args.base_url:
+            raise DataError("--teacher openai:MODEL needs --base-url (e.g. http://127.0.0.1:8080/v1)")
+        from specialight.teacher.backends import OpenAITeacher
+
+        teacher = OpenAITeacher(name, args.base_url, args.endpoint, args.api_key_env, max_retries=args.max_retries)
+        concurrency = args.concurrency
+    elif kind == "local":
+        from specialight.teacher.local import LocalTeacher
+
+        teacher = LocalTeacher.from_pretrained(name, args.device)
+        concurrency = 1  # one model, one seeded RNG: samples are drawn one after another
+    else:
+        raise DataError(f"--teacher must be openai:MODEL or local:PATH_OR_ID, got {args.teacher!r}")
+    settings = DistillSettings(
+        num_samples=1 if args.score else args.num_samples,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        top_k=args.top_k,
+        seed=args.seed,
+        concurrency=concurrency,
+    )
+    if args.score:
+        if kind != "local":
+            raise DataError("--score needs a local teacher (local:PATH_OR_ID)")
+        from specialight.teacher.distill import run_scoring
+
+        summary = run_scoring(questions, teacher, template, args.out, settings)
+    else:
+        summary = run_distill(questions, teacher, template, args.out, settings)
+    brief = {k: v for k, v in summary.items() if k != "per_question"}
+    sys.stdout.write(json.dumps(brief, indent=2) + "\n")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "data": ("print every task and split with its count", add_data_dir, run_data),
     "align": (
@@ -152,4 +239,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "evaluate": ("evaluate a model or checkpoint on benchmark suites", add_evaluate_arguments, run_evaluate),
     "plot": ("draw the specialization curves from logged runs", add_plot_arguments, run_plot),
+    "distill": (
+        "sample teacher chains of thought with top-k log-probs, resumably",
+        add_distill_arguments,
+        run_distill_command,
+    ),
 }

@@ -9,6 +9,7 @@ warm-up and a cosine decay over the run's optimizer steps (the paper: lr 5e-4, c
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import time
 from typing import Any
@@ -73,6 +74,7 @@ class SpecializationModule(L.LightningModule):
         self.hparams["loss"] = spec
         self.model = load_student(model_name_or_path).train()  # from_pretrained returns eval mode
         self.encoder_decoder = bool(self.model.config.is_encoder_decoder)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.run_config: dict[str, Any] | None = None
@@ -91,8 +93,19 @@ class SpecializationModule(L.LightningModule):
                 "written by `specialight align`, or use specialight.losses.SampleMatching"
             )
 
+    def _first_prediction(self, batch: dict[str, Tensor]) -> int:
+        """Decoder-only: the first position whose logits predict a label (the shortest prompt's last token).
+
+        Logits before it are never scored; with ``logits_to_keep`` the model does not compute them, which
+        saves the vocabulary projection of every prompt token (most of an in-context prompt)."""
+        if not self._keeps_logits:
+            return 0
+        scored = (batch["labels"] != -100).any(dim=0).nonzero()
+        return max(int(scored[0]) - 1, 0) if scored.numel() else 0
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Logits aligned with ``batch["labels"]``: ``[B, T, V]`` (decoder-only logits shifted by one)."""
+        """Logits aligned with `targets`: ``[B, T, V]`` (decoder-only: shifted by one, from the first scored
+        position on)."""
         if self.encoder_decoder:
             decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
             return self.model(
@@ -100,13 +113,16 @@ class SpecializationModule(L.LightningModule):
                 attention_mask=batch["attention_mask"],
                 decoder_input_ids=decoder_input_ids,
             ).logits
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        start = self._first_prediction(batch)
+        keep = {"logits_to_keep": batch["input_ids"].shape[1] - start} if self._keeps_logits else {}
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **keep).logits[:, :-1]
 
     def targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The batch's label-side tensors aligned with `forward`'s logits."""
         if self.encoder_decoder:
             return batch
-        shifted = {key: batch[key][:, 1:] for key in ("labels", "topk_ids", "topk_probs") if key in batch}
+        start = self._first_prediction(batch) + 1
+        shifted = {key: batch[key][:, start:] for key in ("labels", "topk_ids", "topk_probs") if key in batch}
         return {**batch, **shifted}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
