@@ -10,10 +10,10 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo bench lint
+.PHONY: help install test test-fast demo bench lint llama-server
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ demo: $(STAMP) ## specialize SmolLM2-135M on GSM8K offline (CPU), then draw the 
 
 bench: $(STAMP) ## run every benchmark under benchmarks/ (each prints a JSON line last)
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+llama-server: $(STAMP) ## build llama.cpp's llama-server into ~/.cache/specialight (~10 min; the HTTP-teacher tests use it)
+	PYTHON=$(BIN)/python scripts/build_llama_server.sh
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check src tests benchmarks

@@ -224,24 +224,19 @@ def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_config_parses(config, tmp_path):
-    if "loss" in config.parts or "data" in config.parts:
+def test_every_config_parses(config, capsys, monkeypatch):
+    from specialight.training import run_lightning_cli
+
+    monkeypatch.chdir(ROOT)
+    if "loss" in config.parts or "data" in config.parts:  # overlays go on top of a whole config
         args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(config), "--print_config"]
     else:
         args = ["fit", "--config", str(config), "--print_config"]
-    result = cli(*args, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "model_name_or_path" in result.stdout
-
-
-def test_decoder_only_logits_start_at_the_first_scored_position(tiny_gpt2_dir, data_dir):
-    module = SpecializationModule(str(tiny_gpt2_dir)).eval()
-    dm = datamodule(tiny_gpt2_dir, data_dir)
-    dm.setup("fit")
-    batch = dm.collate([dm.encode(dm.dataset.items[i], "in_context_cot") for i in range(3)])
-    assert module._keeps_logits
-    logits, targets = module(batch), module.targets(batch)
-    assert logits.shape[1] == targets["labels"].shape[1] < batch["input_ids"].shape[1] - 100
-    full = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    full_labels = batch["labels"][:, 1:]
-    torch.testing.assert_close(module.loss(logits, targets), module.loss(full, {**batch, "labels": full_labels}))
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning_cli(args)
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "model_name_or_path" in printed and "class_path: specialight.losses." in printed
+    for line in config.read_text().splitlines():
+        if line.strip().startswith("class_path:"):  # the config's choices reach the parsed result
+            assert line.strip() in printed

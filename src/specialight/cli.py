@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from specialight.data.tasks import DataError
+from specialight.teacher.backends import TeacherError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 logger = logging.getLogger("specialight")
@@ -56,7 +57,7 @@ def cli_main(args: Sequence[str] | None = None) -> int:
     parsed = build_parser().parse_args(argv)
     try:
         return parsed.run(parsed)
-    except (DataError, FileNotFoundError) as err:
+    except (DataError, FileNotFoundError, TeacherError) as err:
         sys.stderr.write(f"specialight {parsed.command}: error: {err}\n")
         return 2
 

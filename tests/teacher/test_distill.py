@@ -159,3 +159,29 @@ def test_distill_command_refuses_bad_teachers(data_dir, tmp_path, capsys):
     assert "openai:MODEL or local:PATH_OR_ID" in capsys.readouterr().err
     assert cli_main(["distill", "--teacher", "openai:x", "--out", str(tmp_path), "--data-dir", str(data_dir)]) == 2
     assert "needs --base-url" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_local_teacher_samples_feed_align_and_distribution_matching(tiny_gpt2_dir, tiny_t5_dir, data_dir, tmp_path):
+    import lightning as L
+
+    from specialight.align.run import AlignSettings, run_align
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.losses import DistributionMatching
+    from specialight.module import SpecializationModule
+    from tests.conftest import TOKENIZERS
+
+    teacher = LocalTeacher.from_pretrained(str(tiny_gpt2_dir))
+    questions = load_examples("gsm8k", "tune", data_dir)[:3]
+    run_distill(questions, teacher, "Q: 1+1?\nLet's think step by step\nThe answer is 2.", tmp_path / "samples",
+                DistillSettings(num_samples=2, max_tokens=16, concurrency=1), progress=False)
+    summary = run_align(tmp_path / "samples", tmp_path / "aligned", AlignSettings(str(TOKENIZERS / "t5")))
+    assert summary["kept"] == 6
+    datamodule = SpecializationDataModule(str(tiny_t5_dir), teacher_data=str(tmp_path / "aligned"),
+                                          data_dir=str(data_dir), only_correct=False, batch_size=2,
+                                          num_demonstrations=1)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        limit_val_batches=0)
+    trainer.fit(SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching()), datamodule)
+    assert trainer.global_step == 3
