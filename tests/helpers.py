@@ -29,3 +29,19 @@ class RecordSteps(L.Callback):
 def read_steps(out: str | Path, rank: int = 0) -> list[dict]:
     path = Path(out) / f"rank{rank}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def quiet_trainer(max_steps: int, callbacks=(), **overrides) -> L.Trainer:
+    """A CPU trainer for tests: no logger, checkpoints, progress bar, summary or validation."""
+    options = dict(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        callbacks=list(callbacks),
+    )
+    return L.Trainer(**(options | overrides))

@@ -8,10 +8,11 @@ import torch
 
 from specialight.align.run import AlignSettings, run_align
 from specialight.data.datamodule import FormatBatchSampler, SpecializationDataModule
+from specialight.data.tasks import load_examples
 from specialight.losses import DistributionMatching, SampleMatching
 from specialight.module import SpecializationModule
 from tests.conftest import ROOT, TOKENIZERS
-from tests.helpers import RecordSteps, read_steps
+from tests.helpers import RecordSteps, quiet_trainer, read_steps
 
 FORMATS_SMALL = {
     "in_context_cot": 1.0,
@@ -35,21 +36,6 @@ def aligned_gpt2(confident_samples, tmp_path_factory):
     return out
 
 
-def trainer(steps: int, callbacks=(), **kwargs) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        limit_val_batches=0,
-        callbacks=list(callbacks),
-        **kwargs,
-    )
-
-
 def datamodule(model_dir, data_dir, teacher_data=None, **kwargs):
     options = dict(limit=8, batch_size=4, formats=FORMATS_SMALL, num_demonstrations=2, max_source_length=384)
     return SpecializationDataModule(
@@ -67,7 +53,7 @@ def test_tiny_students_fit_and_the_loss_drops(student, loss_name, request, data_
     loss = DistributionMatching() if loss_name == "distribution" else SampleMatching()
     module = SpecializationModule(str(model_dir), loss=loss, learning_rate=1e-2, warmup=2)
     record = RecordSteps(str(tmp_path))
-    trainer(32, [record]).fit(module, datamodule(model_dir, data_dir, teacher_data))
+    quiet_trainer(32, [record]).fit(module, datamodule(model_dir, data_dir, teacher_data))
     losses = [s["loss"] for s in read_steps(tmp_path)]
     assert len(losses) == 32
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
@@ -114,7 +100,7 @@ def test_aligned_targets_feed_their_exact_tokens(tiny_t5_dir, data_dir, aligned_
 def test_distribution_matching_without_aligned_targets_is_refused(tiny_t5_dir, data_dir):
     module = SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching())
     with pytest.raises(ValueError, match="teacher_data"):
-        trainer(2).fit(module, datamodule(tiny_t5_dir, data_dir))
+        quiet_trainer(2).fit(module, datamodule(tiny_t5_dir, data_dir))
 
 
 def test_shards_are_disjoint_and_equal():
@@ -134,23 +120,11 @@ def test_checkpoint_reloads_loss_plugin_and_resume_keeps_data_order(tiny_t5_dir,
     def run(steps, out, ckpt_path=None, every=None):
         module = SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching(formats=("zero_shot_cot",)))
         callbacks = [RecordSteps(str(out))]
-        extra = {}
         if every:
             callbacks.append(
                 L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every, save_top_k=-1)
             )
-            extra["enable_checkpointing"] = True
-        t = L.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            limit_val_batches=0,
-            callbacks=callbacks,
-            **({"enable_checkpointing": False} | extra),
-        )
+        t = quiet_trainer(steps, callbacks, enable_checkpointing=bool(every))
         t.fit(module, datamodule(tiny_t5_dir, data_dir, teacher_data=str(aligned_t5)), ckpt_path=ckpt_path)
         return t
 
@@ -240,3 +214,17 @@ def test_every_config_parses(config, capsys, monkeypatch):
     for line in config.read_text().splitlines():
         if line.strip().startswith("class_path:"):  # the config's choices reach the parsed result
             assert line.strip() in printed
+
+
+def test_teacher_samples_of_dev_questions_are_left_out(tiny_t5_dir, data_dir, confident_samples, tmp_path):
+    import json as _json
+
+    lines = confident_samples.read_text().splitlines()
+    dev_question = load_examples("gsm8k", "dev", data_dir)[0].id
+    leaked = _json.loads(lines[0]) | {"question_id": dev_question}
+    path = tmp_path / "samples.jsonl"
+    path.write_text("\n".join([*lines, _json.dumps(leaked)]) + "\n")
+    dm = datamodule(tiny_t5_dir, data_dir, teacher_data=str(path), limit=None)
+    dm.setup("fit")
+    assert len(dm.dataset.items) == len(lines)
+    assert dev_question not in {item.example.id for item in dm.dataset.items}

@@ -21,6 +21,7 @@ from specialight.models import SMOLLM2_ID, cache_dir, packaged_gguf
 from specialight.teacher.backends import OpenAITeacher, TeacherError
 from specialight.teacher.distill import DistillSettings, run_distill
 from tests.conftest import ROOT, TOKENIZERS
+from tests.helpers import quiet_trainer
 
 PROMPT = ROOT.parent / "shared" / "data" / "prompts" / "flan_t5_cot_specialization" / "prompt_simple_4_cases.txt"
 
@@ -41,8 +42,22 @@ class Server:
     """llama-server on 127.0.0.1:port, started and stopped by the tests."""
 
     def __init__(self, binary: Path, gguf: Path, port: int) -> None:
-        self.command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "4096",
-                        "-t", "2", "--parallel", "2", "--log-disable"]
+        self.command = [
+            str(binary),
+            "-m",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            "4096",
+            "-t",
+            "2",
+            "--parallel",
+            "2",
+            "--log-disable",
+        ]
         self.port = port
         self.process: subprocess.Popen | None = None
 
@@ -106,17 +121,45 @@ def test_top_k_logprobs_parse_into_the_schema(server, questions, tmp_path, endpo
 def test_unreachable_server_fails_clearly_after_retries(questions, tmp_path):
     teacher = OpenAITeacher("smollm2", f"http://127.0.0.1:{free_port()}/v1", max_retries=2, backoff=0.05)
     with pytest.raises(TeacherError, match=r"after 3 tries .*check --base-url"):
-        run_distill(questions[:1], teacher, "Q: 1+1?\nThe answer is 2.", tmp_path, DistillSettings(num_samples=1),
-                    progress=False)
+        run_distill(
+            questions[:1],
+            teacher,
+            "Q: 1+1?\nThe answer is 2.",
+            tmp_path,
+            DistillSettings(num_samples=1),
+            progress=False,
+        )
 
 
 @pytest.mark.slow
 def test_server_stopped_mid_run_then_restarted_loses_nothing(server, data_dir, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "specialight.cli", "distill", "--teacher", "openai:smollm2",
-               "--base-url", server.base_url, "--data-dir", str(data_dir), "--limit", "6", "--num-samples", "3",
-               "--max-tokens", "32", "--prompt", str(PROMPT), "--concurrency", "2", "--max-retries", "8",
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "specialight.cli",
+        "distill",
+        "--teacher",
+        "openai:smollm2",
+        "--base-url",
+        server.base_url,
+        "--data-dir",
+        str(data_dir),
+        "--limit",
+        "6",
+        "--num-samples",
+        "3",
+        "--max-tokens",
+        "32",
+        "--prompt",
+        str(PROMPT),
+        "--concurrency",
+        "2",
+        "--max-retries",
+        "8",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples = out / "samples.jsonl"
@@ -135,22 +178,29 @@ def test_server_stopped_mid_run_then_restarted_loses_nothing(server, data_dir, t
 
 @pytest.mark.slow
 def test_server_samples_feed_align_and_distribution_matching(server, questions, tiny_t5_dir, data_dir, tmp_path):
-    import lightning as L
-
     from specialight.data.datamodule import SpecializationDataModule
     from specialight.losses import DistributionMatching
     from specialight.module import SpecializationModule
 
     teacher = OpenAITeacher("smollm2", server.base_url)
-    run_distill(questions, teacher, PROMPT.read_text(), tmp_path / "samples",
-                DistillSettings(num_samples=2, max_tokens=48), progress=False)
+    run_distill(
+        questions,
+        teacher,
+        PROMPT.read_text(),
+        tmp_path / "samples",
+        DistillSettings(num_samples=2, max_tokens=48),
+        progress=False,
+    )
     summary = run_align(tmp_path / "samples", tmp_path / "aligned", AlignSettings(str(TOKENIZERS / "t5")))
     assert summary["kept"] == 6 and summary["one_to_one_share"] > 0.2
-    datamodule = SpecializationDataModule(str(tiny_t5_dir), teacher_data=str(tmp_path / "aligned"),
-                                          data_dir=str(data_dir), only_correct=False, batch_size=2,
-                                          num_demonstrations=1)
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        limit_val_batches=0)
+    datamodule = SpecializationDataModule(
+        str(tiny_t5_dir),
+        teacher_data=str(tmp_path / "aligned"),
+        data_dir=str(data_dir),
+        only_correct=False,
+        batch_size=2,
+        num_demonstrations=1,
+    )
+    trainer = quiet_trainer(3)
     trainer.fit(SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching()), datamodule)
     assert trainer.global_step == 3 and float(trainer.callback_metrics["train/loss"]) > 0

@@ -219,20 +219,22 @@ class SpecializationDataModule(L.LightningDataModule):
         self.top_k = 0
         self.dataset: FormattedDataset | None = None
         self._data_sha256: dict[str, str] | None = None
+        self._outside_pool = 0
 
     @property
     def has_teacher_distributions(self) -> bool:
         """Whether batches carry ``topk_ids``/``topk_probs`` (aligned targets)."""
         return self.targets is not None
 
-    def _items(self) -> list[Item]:
+    def _items(self, pool: list[Example]) -> list[Item]:
+        """Source items from the tuning pool; teacher samples of dev questions are left out (they would leak
+        into selection on GSM8K dev)."""
         hp = self.hparams
-        pool = load_examples("gsm8k", "tune", hp.data_dir)
         source = hp.teacher_data
         if source is None:
             items = [Item(e, e.rationale) for e in pool]
         else:
-            by_id = {e.id: e for e in load_examples("gsm8k", "train", hp.data_dir)}
+            by_id = {e.id: e for e in pool}
             path = Path(source)
             if (path / "targets.arrow").is_file():
                 from specialight.align.run import load_targets
@@ -241,26 +243,36 @@ class SpecializationDataModule(L.LightningDataModule):
                 self.top_k = int(self.targets[0]["top_k"]) if len(self.targets) else 0
                 rows = self.targets.select_columns(["question_id", "text", "correct"])
                 items = [
-                    Item(self._example(by_id, r["question_id"], path), r["text"], index)
+                    Item(example, r["text"], index)
                     for index, r in enumerate(rows)
-                    if r["correct"] or not hp.only_correct
+                    if (r["correct"] or not hp.only_correct)
+                    and (example := self._example(by_id, r["question_id"], path)) is not None
                 ]
             else:
                 from specialight.data.records import read_samples
 
                 items = [
-                    Item(self._example(by_id, s.question_id, path), s.text)
+                    Item(example, s.text)
                     for s in read_samples(path, only_correct=hp.only_correct)
+                    if (example := self._example(by_id, s.question_id, path)) is not None
                 ]
             if not items:
                 raise DataError(f"{source}: no usable teacher samples (only_correct={hp.only_correct})")
+            if self._outside_pool:
+                logger.warning(
+                    "%s: left out %d samples of questions outside GSM8K tune (dev or test rows)",
+                    source,
+                    self._outside_pool,
+                )
         return items[: hp.limit] if hp.limit else items
 
-    @staticmethod
-    def _example(by_id: dict[str, Example], question_id: str, path: Path) -> Example:
-        if question_id not in by_id:
-            raise DataError(f"{path}: question id {question_id!r} is not a GSM8K train row (expected gsm8k/train/N)")
-        return by_id[question_id]
+    def _example(self, by_id: dict[str, Example], question_id: str, path: Path) -> Example | None:
+        if question_id in by_id:
+            return by_id[question_id]
+        if not question_id.startswith("gsm8k/"):
+            raise DataError(f"{path}: question id {question_id!r} is not a GSM8K row (expected gsm8k/train/N)")
+        self._outside_pool += 1
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         """Load the tokenizer and the source items, and lay out the units of one epoch."""
@@ -271,13 +283,14 @@ class SpecializationDataModule(L.LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model_name_or_path)
         self.encoder_decoder = is_encoder_decoder(hp.model_name_or_path)
+        pool = load_examples("gsm8k", "tune", hp.data_dir)
         self.builder = FormatBuilder(
-            load_examples("gsm8k", "tune", hp.data_dir),
+            pool,
             num_demonstrations=hp.num_demonstrations,
             seed=hp.seed,
             newline=newline_separator(self.tokenizer),
         )
-        items = self._items()
+        items = self._items(pool)
         rng = np.random.default_rng(hp.seed)
         units: list[tuple[int, int]] = []
         for fmt, weight in self.formats.items():
