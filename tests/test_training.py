@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -187,6 +188,12 @@ def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
         "false",
         "--trainer.callbacks+=tests.helpers.RecordSteps",
         f"--trainer.callbacks.out={tmp_path / 'steps'}",
+        "--trainer.callbacks+=specialight.callbacks.PeriodicEvaluation",
+        "--trainer.callbacks.suites=[svamp_dev]",
+        "--trainer.callbacks.every_n_examples=16",
+        "--trainer.callbacks.limit=2",
+        "--trainer.callbacks.max_new_tokens=4",
+        f"--trainer.callbacks.data_dir={data_dir}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -195,6 +202,10 @@ def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
     assert units[0] and units[1] and not set(units[0]) & set(units[1])
     assert len(ranks[0]) == len(ranks[1]) == 12  # 48 units / batch 2 / 2 ranks
     assert len(list((tmp_path / "runs").rglob("*.ckpt"))) == 1
+    # rank zero evaluated at step 0 and every 16 examples (2 ranks x 2 per step), once each
+    evaluations = [json.loads(line) for line in next((tmp_path / "runs").rglob("evaluations.jsonl")).open()]
+    assert [e["step"] for e in evaluations] == [0, 4, 8, 12]
+    assert [e["examples"] for e in evaluations] == [0, 16, 32, 48]
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))

@@ -29,7 +29,9 @@ EVALUATIONS_FILE = "evaluations.jsonl"
 
 
 def log_dir(trainer: L.Trainer) -> Path:
-    """Where a run writes its files: the logger's folder, else the trainer's root folder."""
+    """Where a run writes its files: the logger's folder, else the trainer's root folder.
+
+    ``trainer.log_dir`` is a collective under DDP (rank zero broadcasts it): call this on every rank."""
     folder = Path((trainer.log_dir if trainer.logger is not None else None) or trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -105,11 +107,12 @@ class PeriodicEvaluation(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Run the suites now (rank zero), share the scores, log them and tell `ModelSelection`."""
         step = trainer.global_step
+        folder = log_dir(trainer)
         record: dict[str, Any] | None = None
         if trainer.is_global_zero:
             started = time.perf_counter()
             scores = self._evaluator_for(pl_module).run(
-                log_dir(trainer) / "evaluations" / f"step-{step}",
+                folder / "evaluations" / f"step-{step}",
                 progress=trainer.progress_bar_callback is not None,
                 context=trainer.precision_plugin.forward_context,
             )
@@ -121,7 +124,7 @@ class PeriodicEvaluation(L.Callback):
                 "model": pl_module.hparams.model_name_or_path,
                 "scores": scores,
             }
-            with (log_dir(trainer) / EVALUATIONS_FILE).open("a") as handle:
+            with (folder / EVALUATIONS_FILE).open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         record = trainer.strategy.broadcast(record, src=0)
         self.history.append(record)
@@ -224,9 +227,9 @@ class ModelSelection(L.Callback):
         return best
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = log_dir(trainer)
         if not trainer.is_global_zero or not self.records:
             return
-        folder = log_dir(trainer)
         criteria = [self.monitor] + [m for m in self.compare if m != self.monitor]
         selections = {m: self.choose(m) for m in criteria}
         summary = {

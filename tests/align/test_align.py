@@ -111,3 +111,23 @@ def test_gpt2_42_against_t5_digits(gpt2_tokenizer, t5_tokenizer):
     path = align_tokens(teacher, student, method="auto")
     one = {i for i, _ in path if sum(1 for a, _ in path if a == i) == 1}
     assert teacher.index("Ġapples") in one
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["The answer is 1,250.\nSo she pays $3.50 for {2} items.", "Café Zürich 😀 costs 12 francs.\n\nThe answer is 12."],
+)
+def test_gpt2_to_smollm2_two_byte_level_bpes(gpt2_tokenizer, smollm2_tokenizer, text):
+    teacher, student = real_pair(gpt2_tokenizer, smollm2_tokenizer, text)
+    assert surfaces(teacher) != teacher  # raw byte-level pieces, markers undone by the aligner
+    exact = align_tokens(teacher, student, method="auto")
+    check_path_shape(exact, len(teacher), len(student))
+    if "".join(surfaces(teacher)) == "".join(surfaces(student)):
+        assert exact == align_tokens(teacher, student, method="offsets")
+    else:
+        assert exact == align_tokens(teacher, student, method="dp")
+    # byte pieces of the emoji are no text alone: their surfaces are replacement characters
+    assert ("\U0001f600" in text) == ("\ufffd" in "".join(surfaces(teacher)))
+    same = [(i, j) for i, j in exact if surfaces(teacher)[i] == surfaces(student)[j]]
+    assert len(same) >= 0.6 * min(len(teacher), len(student))
+    assert align_tokens(teacher, student) == reference_path(surfaces(teacher), surfaces(student))
