@@ -4,6 +4,7 @@
     specialight align    --samples JSONL --student-tokenizer T --out DIR
     specialight evaluate --model PATH --suites gsm8k_dev,bbh_cot --out DIR
     specialight plot     --logdir RUN [--logdir RUN2 …] --out FILE.png
+    specialight distill  --teacher openai:MODEL --base-url URL --out DIR
     specialight fit      --config configs/demo.yaml
 
 The data-stage commands use argparse (dash-separated options, repeatable flags); training goes through
@@ -17,6 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from specialight.commands import COMMANDS
 from specialight.data.tasks import DataError
 from specialight.teacher.backends import TeacherError
 
@@ -30,8 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="specialight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from specialight.commands import COMMANDS
-
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(child)
@@ -41,14 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cli_main(args: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (also used by the console script)."""
-    argv = list(sys.argv[1:] if args is None else args)
+def setup_logging() -> None:
+    """INFO messages of ``specialight.*`` to stderr (Lightning's own logging is left as Lightning sets it)."""
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+
+
+def cli_main(args: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (also used by the console script)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    setup_logging()
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from specialight.training import run_lightning_cli
 

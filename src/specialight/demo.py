@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
+from specialight.cli import setup_logging
 from specialight.models import resolve_model
 
-logger = logging.getLogger("specialight")
 METRICS = ("gsm8k_dev", "multiarith_dev", "asdiv_dev", "svamp_dev", "mas_dev", "bbh_ao", "bbh_cot")
 
 
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI arguments, e.g. --trainer.max_steps=10")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     started = time.perf_counter()
     from specialight.training import run_lightning_cli
 

@@ -20,7 +20,7 @@ from jsonargparse import lazy_instance
 from torch import Tensor
 
 from specialight.data.formats import FORMATS
-from specialight.losses import SampleMatching, SpecializationLoss
+from specialight.losses import IGNORE_INDEX, SampleMatching, SpecializationLoss
 from specialight.models import load_student
 
 
@@ -100,7 +100,7 @@ class SpecializationModule(L.LightningModule):
         saves the vocabulary projection of every prompt token (most of an in-context prompt)."""
         if not self._keeps_logits:
             return 0
-        scored = (batch["labels"] != -100).any(dim=0).nonzero()
+        scored = (batch["labels"] != IGNORE_INDEX).any(dim=0).nonzero()
         return max(int(scored[0]) - 1, 0) if scored.numel() else 0
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
