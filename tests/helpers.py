@@ -45,3 +45,27 @@ def quiet_trainer(max_steps: int, callbacks=(), **overrides) -> L.Trainer:
         callbacks=list(callbacks),
     )
     return L.Trainer(**(options | overrides))
+
+
+def align_and_fit(samples: Path, out: Path, student_dir: Path, data_dir: Path, steps: int = 3):
+    """Teacher samples -> `specialight align` (T5 tokenizer) -> `steps` of distribution matching on a tiny T5.
+
+    Returns the alignment summary and the trainer."""
+    from specialight.align.run import AlignSettings, run_align
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.losses import DistributionMatching
+    from specialight.module import SpecializationModule
+    from tests.conftest import TOKENIZERS
+
+    summary = run_align(samples, out, AlignSettings(str(TOKENIZERS / "t5")))
+    datamodule = SpecializationDataModule(
+        str(student_dir),
+        teacher_data=str(out),
+        data_dir=str(data_dir),
+        only_correct=False,
+        batch_size=2,
+        num_demonstrations=1,
+    )
+    trainer = quiet_trainer(steps)
+    trainer.fit(SpecializationModule(str(student_dir), loss=DistributionMatching()), datamodule)
+    return summary, trainer

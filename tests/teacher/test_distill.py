@@ -13,7 +13,7 @@ from specialight.teacher.backends import TeacherError, cut_at_stop, parse_chat_l
 from specialight.teacher.distill import DistillSettings, build_prompt, repair, run_distill, sample_seed
 from specialight.teacher.local import LocalTeacher
 from tests.conftest import ROOT
-from tests.helpers import quiet_trainer
+from tests.helpers import align_and_fit
 
 
 def distill_command(*args):
@@ -164,12 +164,6 @@ def test_distill_command_refuses_bad_teachers(data_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_local_teacher_samples_feed_align_and_distribution_matching(tiny_gpt2_dir, tiny_t5_dir, data_dir, tmp_path):
-    from specialight.align.run import AlignSettings, run_align
-    from specialight.data.datamodule import SpecializationDataModule
-    from specialight.losses import DistributionMatching
-    from specialight.module import SpecializationModule
-    from tests.conftest import TOKENIZERS
-
     teacher = LocalTeacher.from_pretrained(str(tiny_gpt2_dir))
     questions = load_examples("gsm8k", "tune", data_dir)[:3]
     run_distill(
@@ -180,16 +174,6 @@ def test_local_teacher_samples_feed_align_and_distribution_matching(tiny_gpt2_di
         DistillSettings(num_samples=2, max_tokens=16, concurrency=1),
         progress=False,
     )
-    summary = run_align(tmp_path / "samples", tmp_path / "aligned", AlignSettings(str(TOKENIZERS / "t5")))
+    summary, trainer = align_and_fit(tmp_path / "samples", tmp_path / "aligned", tiny_t5_dir, data_dir)
     assert summary["kept"] == 6
-    datamodule = SpecializationDataModule(
-        str(tiny_t5_dir),
-        teacher_data=str(tmp_path / "aligned"),
-        data_dir=str(data_dir),
-        only_correct=False,
-        batch_size=2,
-        num_demonstrations=1,
-    )
-    trainer = quiet_trainer(3)
-    trainer.fit(SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching()), datamodule)
     assert trainer.global_step == 3

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from specialight.align.run import AlignSettings, run_align
 from specialight.data.records import read_samples
 from specialight.data.tasks import load_examples
 from specialight.models import SMOLLM2_ID, cache_dir, packaged_gguf
 from specialight.teacher.backends import OpenAITeacher, TeacherError
 from specialight.teacher.distill import DistillSettings, run_distill
-from tests.conftest import ROOT, TOKENIZERS
-from tests.helpers import quiet_trainer
+from tests.conftest import ROOT
+from tests.helpers import align_and_fit
 
 PROMPT = ROOT.parent / "shared" / "data" / "prompts" / "flan_t5_cot_specialization" / "prompt_simple_4_cases.txt"
 
@@ -178,9 +177,6 @@ def test_server_stopped_mid_run_then_restarted_loses_nothing(server, data_dir, t
 
 @pytest.mark.slow
 def test_server_samples_feed_align_and_distribution_matching(server, questions, tiny_t5_dir, data_dir, tmp_path):
-    from specialight.data.datamodule import SpecializationDataModule
-    from specialight.losses import DistributionMatching
-    from specialight.module import SpecializationModule
 
     teacher = OpenAITeacher("smollm2", server.base_url)
     run_distill(
@@ -191,16 +187,6 @@ def test_server_samples_feed_align_and_distribution_matching(server, questions, 
         DistillSettings(num_samples=2, max_tokens=48),
         progress=False,
     )
-    summary = run_align(tmp_path / "samples", tmp_path / "aligned", AlignSettings(str(TOKENIZERS / "t5")))
+    summary, trainer = align_and_fit(tmp_path / "samples", tmp_path / "aligned", tiny_t5_dir, data_dir)
     assert summary["kept"] == 6 and summary["one_to_one_share"] > 0.2
-    datamodule = SpecializationDataModule(
-        str(tiny_t5_dir),
-        teacher_data=str(tmp_path / "aligned"),
-        data_dir=str(data_dir),
-        only_correct=False,
-        batch_size=2,
-        num_demonstrations=1,
-    )
-    trainer = quiet_trainer(3)
-    trainer.fit(SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching()), datamodule)
     assert trainer.global_step == 3 and float(trainer.callback_metrics["train/loss"]) > 0
