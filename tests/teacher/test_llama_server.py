@@ -177,7 +177,6 @@ def test_server_stopped_mid_run_then_restarted_loses_nothing(server, data_dir, t
 
 @pytest.mark.slow
 def test_server_samples_feed_align_and_distribution_matching(server, questions, tiny_t5_dir, data_dir, tmp_path):
-
     teacher = OpenAITeacher("smollm2", server.base_url)
     run_distill(
         questions,
