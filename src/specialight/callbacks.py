@@ -226,7 +226,9 @@ class ModelSelection(L.Callback):
                 best = record
         return best
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_fit_end, not on_train_end: PeriodicEvaluation's closing evaluation (its on_train_end) is in,
+        # whichever order the callbacks are listed in
         folder = log_dir(trainer)
         if not trainer.is_global_zero or not self.records:
             return
