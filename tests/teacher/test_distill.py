@@ -177,3 +177,34 @@ def test_local_teacher_samples_feed_align_and_distribution_matching(tiny_gpt2_di
     summary, trainer = align_and_fit(tmp_path / "samples", tmp_path / "aligned", tiny_t5_dir, data_dir)
     assert summary["kept"] == 6
     assert trainer.global_step == 3
+
+
+def test_score_mode_records_gold_rationales_once(tiny_gpt2_dir, data_dir, tmp_path):
+    from specialight.cli import cli_main
+    from specialight.data.records import prompt_hash
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Q: 1 + 1?\nLet's think step by step\nThe answer is 2.")
+    args = [
+        "distill",
+        "--teacher",
+        f"local:{tiny_gpt2_dir}",
+        "--score",
+        "--limit",
+        "2",
+        "--top-k",
+        "3",
+        "--prompt",
+        str(prompt),
+        "--out",
+        str(tmp_path / "scored"),
+        "--data-dir",
+        str(data_dir),
+    ]
+    assert cli_main(args) == 0
+    assert cli_main(args) == 0  # a rerun finds both on disk and adds nothing
+    samples = list(read_samples(tmp_path / "scored"))
+    gold = load_examples("gsm8k", "tune", data_dir)[:2]
+    assert [s.key for s in samples] == [(e.id, 0) for e in gold]
+    assert all(s.finish_reason == "scored" and s.prompt_hash == prompt_hash(prompt.read_text()) for s in samples)
+    assert samples[0].text.startswith(gold[0].rationale.split("\n")[0])

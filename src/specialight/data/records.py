@@ -12,6 +12,7 @@ alternatives at that position. Files are read strictly: a malformed line names i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,6 +23,11 @@ from pathlib import Path
 from specialight.data.tasks import DataError
 
 _FIELDS = ("question_id", "sample_index", "text", "tokens", "top_tokens", "top_logprobs")
+
+
+def prompt_hash(prompt: str) -> str:
+    """A short stable hash of a prompt (the ``prompt_hash`` of the samples it produced)."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from specialight.data.answers import extract_answer, is_correct
-from specialight.data.formats import COT_TRIGGER
-from specialight.data.records import TeacherSample, parse_sample
+from specialight.data.formats import COT_TRIGGER, answer_target
+from specialight.data.records import TeacherSample, parse_sample, prompt_hash
 from specialight.data.tasks import DataError, Example
 from specialight.teacher.backends import Teacher, TeacherError
 
@@ -85,6 +85,29 @@ def _work(questions: list[Example], num_samples: int, done: set[tuple[str, int]]
     return [(q, i) for q in questions for i in range(num_samples) if (q.id, i) not in done]
 
 
+def _open_run(out: str | os.PathLike) -> tuple[Path, set[tuple[str, int]]]:
+    """The samples file of a run folder (created if needed) and the keys already in it (after `repair`)."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / SAMPLES_FILE
+    return path, repair(path)
+
+
+def _append(handle, sample: TeacherSample) -> None:
+    """Write one sample as a whole line and make it durable before the next one."""
+    handle.write(sample.to_json() + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _close_run(
+    path: Path, questions: list[Example], settings: DistillSettings, teacher: str, template_hash: str
+) -> dict:
+    summary = summarize(path, questions, settings, teacher, template_hash)
+    (path.parent / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def run_distill(
     questions: list[Example],
     teacher: Teacher,
@@ -94,12 +117,9 @@ def run_distill(
     progress: bool = True,
 ) -> dict:
     """Sample every missing ``(question, index)``, append each to ``samples.jsonl``; return the summary."""
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / SAMPLES_FILE
-    done = repair(path)
+    path, done = _open_run(out)
     todo = _work(questions, settings.num_samples, done)
-    template_hash = hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
+    template_hash = prompt_hash(template)
     logger.info("%d samples on disk, %d to draw from %s", len(done), len(todo), teacher.name)
     lock = threading.Lock()
     accepted = [0, 0]
@@ -133,9 +153,7 @@ def run_distill(
 
         def write(sample: TeacherSample) -> None:
             with lock:
-                handle.write(sample.to_json() + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+                _append(handle, sample)
                 accepted[0] += int(bool(sample.correct))
                 accepted[1] += 1
                 bar.update(1)
@@ -156,9 +174,7 @@ def run_distill(
             bar.close()
             for future in pending:
                 future.cancel()
-    summary = summarize(path, questions, settings, teacher.name, template_hash)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return _close_run(path, questions, settings, teacher.name, template_hash)
 
 
 def summarize(
@@ -189,28 +205,18 @@ def run_scoring(
     questions: list[Example], teacher, template: str, out: str | os.PathLike, settings: DistillSettings
 ) -> dict:
     """Teacher-forced top-k on each question's gold rationale (sample index 0), resumably, like `run_distill`."""
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / SAMPLES_FILE
-    done = repair(path)
-    from specialight.data.formats import answer_target
-
-    template_hash = hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
+    path, done = _open_run(out)
+    template_hash = prompt_hash(template)
     with path.open("a", encoding="utf-8") as handle:
         for question, _ in tqdm(_work(questions, 1, done), desc="score", unit="sample"):
             if not question.rationale:
                 raise DataError(f"{question.id}: no gold rationale to score")
-            sample = teacher.score_sample(
-                question.id,
+            prompt, target = (
                 build_prompt(template, question.question),
                 answer_target(question.answer, question.rationale),
-                question.answer,
-                settings.top_k,
             )
-            sample = TeacherSample(**{**sample.__dict__, "prompt_hash": template_hash})
-            handle.write(sample.to_json() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-    summary = summarize(path, questions, settings, teacher.name, template_hash)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+            _append(
+                handle,
+                teacher.score_sample(question.id, prompt, target, question.answer, settings.top_k, template_hash),
+            )
+    return _close_run(path, questions, settings, teacher.name, template_hash)

@@ -10,19 +10,13 @@ of thought.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 
 from specialight.align.markers import surface, tokenizer_scheme
-from specialight.data.records import TeacherSample
+from specialight.data.records import TeacherSample, prompt_hash
 from specialight.teacher.backends import STOP, Completion, cut_at_stop
-
-
-def prompt_hash(prompt: str) -> str:
-    """A short stable hash of a prompt (recorded with every sample)."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass
@@ -114,9 +108,10 @@ class LocalTeacher:
         )
 
     def score_sample(
-        self, question_id: str, prompt: str, text: str, answer: str | None, top_k: int = 5
+        self, question_id: str, prompt: str, text: str, answer: str | None, top_k: int = 5, prompt_id: str | None = None
     ) -> TeacherSample:
-        """`score` as a `TeacherSample` record (sample index 0, finish reason ``scored``)."""
+        """`score` as a `TeacherSample` record (sample index 0, finish reason ``scored``); ``prompt_id``
+        defaults to the hash of ``prompt``."""
         scored = self.score(prompt, text, top_k)
         return TeacherSample(
             question_id=question_id,
@@ -125,7 +120,7 @@ class LocalTeacher:
             tokens=scored.tokens,
             top_tokens=scored.top_tokens,
             top_logprobs=scored.top_logprobs,
-            prompt_hash=prompt_hash(prompt),
+            prompt_hash=prompt_id or prompt_hash(prompt),
             teacher=self.name,
             finish_reason="scored",
             answer=answer,
