@@ -9,7 +9,12 @@ import pytest
 
 from specialight.data.records import read_samples
 from specialight.data.tasks import DataError, load_examples
-from specialight.teacher.backends import TeacherError, cut_at_stop, parse_chat_logprobs, parse_completion_logprobs
+from specialight.teacher.backends import (
+    TeacherError,
+    cut_tokens_at_stop,
+    parse_chat_logprobs,
+    parse_completion_logprobs,
+)
 from specialight.teacher.distill import DistillSettings, build_prompt, repair, run_distill, sample_seed
 from specialight.teacher.local import LocalTeacher
 from tests.conftest import ROOT
@@ -60,7 +65,7 @@ def test_both_completion_logprob_forms_and_the_chat_form_parse():
 
 def test_stop_strings_cut_tokens():
     tokens = ["The", " answer", " is", " 4", ".\n", "\n", "Question", ":"]
-    kept, _, _ = cut_at_stop(tokens, [[t] for t in tokens], [[0.0]] * len(tokens), ["\n\nQuestion:"])
+    kept, _, _ = cut_tokens_at_stop(tokens, [[t] for t in tokens], [[0.0]] * len(tokens), ["\n\nQuestion:"])
     assert kept == ["The", " answer", " is", " 4", ".\n", "\n"][:5]
 
 

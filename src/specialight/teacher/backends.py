@@ -85,7 +85,7 @@ def parse_chat_logprobs(
     return tokens, [n for n, _ in tops], [v for _, v in tops]
 
 
-def cut_at_stop(tokens: list[str], tops: list[list[str]], values: list[list[float]], stop: list[str]):
+def cut_tokens_at_stop(tokens: list[str], tops: list[list[str]], values: list[list[float]], stop: list[str]):
     """Keep the tokens that start before the first stop string (servers may return the stop's tokens)."""
     text = "".join(tokens)
     found = [text.find(s) for s in stop if s in text]
@@ -191,7 +191,7 @@ class OpenAITeacher:
             tokens, tops, values = parse_chat_logprobs(choice.get("logprobs"), where)
         else:
             tokens, tops, values = parse_completion_logprobs(choice.get("logprobs"), where)
-        tokens, tops, values = cut_at_stop(tokens, tops, values, self.stop)
+        tokens, tops, values = cut_tokens_at_stop(tokens, tops, values, self.stop)
         if self.endpoint == "chat":
             text = (choice.get("message") or {}).get("content") or ""
         else:

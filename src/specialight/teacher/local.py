@@ -16,7 +16,7 @@ import torch
 
 from specialight.align.markers import surface, tokenizer_scheme
 from specialight.data.records import TeacherSample, prompt_hash
-from specialight.teacher.backends import STOP, Completion, cut_at_stop
+from specialight.teacher.backends import STOP, Completion, cut_tokens_at_stop
 
 
 @dataclass
@@ -78,7 +78,7 @@ class LocalTeacher:
         tokens = [self._surface(i) for i in new]
         tops = [[self._surface(i) for i in row] for row in top.indices[: len(new)].tolist()]
         values = top.values[: len(new)].tolist()
-        kept = cut_at_stop(tokens, tops, values, self.stop)
+        kept = cut_tokens_at_stop(tokens, tops, values, self.stop)
         if len(kept[0]) < len(tokens):
             finish = "stop"
         return Completion("".join(kept[0]), kept[0], kept[1], kept[2], finish)
