@@ -147,7 +147,8 @@ def test_checkpoint_reloads_loss_plugin_and_resume_keeps_data_order(tiny_t5_dir,
 
 
 def cli(*args, cwd, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    # the checkout's own sources first, also where the venv's editable install points at another checkout
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]), HF_HUB_OFFLINE="1")
     return subprocess.run(
         [sys.executable, "-m", "specialight.cli", *args],
         cwd=cwd,

@@ -101,13 +101,19 @@ def is_encoder_decoder(name_or_path: str) -> bool:
     return bool(getattr(AutoConfig.from_pretrained(resolve_model(name_or_path)), "is_encoder_decoder", False))
 
 
-def load_student(name_or_path: str, dtype: torch.dtype | None = None):
-    """The model as a transformers module: seq2seq for encoder-decoder configs, causal LM otherwise."""
+def student_class(config):
+    """``AutoModelForSeq2SeqLM`` for an encoder-decoder config (T5), ``AutoModelForCausalLM`` otherwise."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
+def load_student(name_or_path: str, dtype: torch.dtype | None = None):
+    """The model as a transformers module: seq2seq for encoder-decoder configs, causal LM otherwise."""
+    from transformers import AutoConfig
+
     path = resolve_model(name_or_path)
-    cls = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
-    return cls.from_pretrained(path, dtype=dtype or torch.float32)
+    return student_class(AutoConfig.from_pretrained(path)).from_pretrained(path, dtype=dtype or torch.float32)
 
 
 def load_tokenizer(name_or_path: str):

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from specialight.data.formats import FORMATS
 from specialight.losses import IGNORE_INDEX, SampleMatching, SpecializationLoss
-from specialight.models import load_student
+from specialight.models import is_encoder_decoder, load_student
 
 
 def loss_spec(loss: SpecializationLoss) -> dict[str, Any]:
@@ -54,7 +54,12 @@ class SpecializationModule(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup: warm-up steps (>= 1) or a fraction of all optimizer steps (< 1).
         min_lr_ratio: the cosine decays to ``learning_rate * min_lr_ratio``.
-        gradient_checkpointing: trade compute for activation memory.
+        gradient_checkpointing: trade compute for activation memory (per transformer block).
+        shard_param_dtype: under `ModelParallelStrategy`, the dtype sharded blocks compute in (``bfloat16``;
+            gradients are reduced in fp32; ``null`` keeps fp32). Ignored without a device mesh.
+
+    The student is built in `configure_model` (called by the trainer and by ``load_from_checkpoint``), so under
+    a sharding strategy each rank only ever holds its shards (`specialight.sharding`).
     """
 
     def __init__(
@@ -66,19 +71,41 @@ class SpecializationModule(L.LightningModule):
         warmup: float = 0.0,
         min_lr_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
+        shard_param_dtype: str | None = "bfloat16",
     ) -> None:
         super().__init__()
         spec = loss if isinstance(loss, dict) else loss_spec(loss)
         self.loss = build_loss(spec)  # a fresh plugin per module, never a shared default instance
         self.save_hyperparameters(ignore=["loss"])
         self.hparams["loss"] = spec
-        self.model = load_student(model_name_or_path).train()  # from_pretrained returns eval mode
-        self.encoder_decoder = bool(self.model.config.is_encoder_decoder)
-        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
-        if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+        self.model: torch.nn.Module | None = None
+        self.encoder_decoder = is_encoder_decoder(model_name_or_path)
+        self._keeps_logits = False
         self.run_config: dict[str, Any] | None = None
         self._step_started: float | None = None
+
+    def configure_model(self) -> None:
+        """Build the student (once): sharded over the strategy's device mesh if it has one, else whole."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        mesh = self._device_mesh
+        if mesh is not None:
+            from specialight.sharding import load_sharded_student
+
+            model = load_sharded_student(
+                hp.model_name_or_path,
+                mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh,
+                self.device,
+                hp.shard_param_dtype,
+                hp.gradient_checkpointing,
+            )
+        else:
+            model = load_student(hp.model_name_or_path)
+            if hp.gradient_checkpointing:
+                model.gradient_checkpointing_enable()
+        self.model = model.train()  # from_pretrained returns eval mode
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
