@@ -230,6 +230,25 @@ def run_distill_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``specialight plan``."""
+    parser.add_argument(
+        "--config", action="append", required=True, help="training config (repeat to overlay, as with fit)"
+    )
+    parser.add_argument("--device-memory", type=float, default=80.0, help="memory of one device in GiB")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Print the per-rank memory table of a training config; exit 1 when it does not fit."""
+    from specialight.plan import format_plan, load_config, plan
+
+    config = load_config(args.config)
+    parameters, rows = plan(config, args.device_memory)
+    name = " + ".join(Path(c).name for c in args.config)
+    sys.stdout.write(format_plan(name, parameters, rows, args.device_memory) + "\n")
+    return 0 if rows[-1][1] <= args.device_memory else 1
+
+
 COMMANDS: dict[str, Command] = {
     "data": ("print every task and split with its count", add_data_dir, run_data),
     "align": (
@@ -239,6 +258,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "evaluate": ("evaluate a model or checkpoint on benchmark suites", add_evaluate_arguments, run_evaluate),
     "plot": ("draw the specialization curves from logged runs", add_plot_arguments, run_plot),
+    "plan": ("print the memory one rank needs for a training config", add_plan_arguments, run_plan),
     "distill": (
         "sample teacher chains of thought with top-k log-probs, resumably",
         add_distill_arguments,
