@@ -127,7 +127,8 @@ def plan(config: dict, device_memory_gib: float) -> tuple[int, list[tuple[str, f
         model = (AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM).from_config(hf_config)
     parameters = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings()
-    if getattr(hf_config, "scale_decoder_outputs", True) is False and head.weight is model.get_input_embeddings().weight:
+    tied = head.weight is model.get_input_embeddings().weight
+    if getattr(hf_config, "scale_decoder_outputs", True) is False and tied:
         # transformers 5 builds every T5 with a tied head; v1.1 / FlanT5 checkpoints carry a separate one
         parameters += head.weight.numel()
     strategy = trainer.get("strategy")
