@@ -1,0 +1,238 @@
+"""Teacher-forced likelihood suites: how much probability a model puts on known-good text (beyond the paper).
+
+Accuracy needs hundreds of questions to move by a few points; the mean per-token negative log-likelihood
+(NLL) of fixed reference text separates two checkpoints of a run with far fewer examples, because every
+token contributes. Suites (forward passes only, no generation):
+
+- ``nll_gsm8k_dev_zero_shot`` / ``nll_gsm8k_dev_in_context``: the gold GSM8K dev rationales followed by
+  ``The answer is X.``, after the zero-shot CoT prompt, or after the paper's 4-shot CoT prompt file;
+- ``nll_bbh_cot``: the BBH authors' code-davinci-002 CoT completions that their scorer grades correct
+  (``bbh-reference-outputs/``), each after its task's 3-shot CoT prompt;
+- ``nll_bbh_ao``: the gold answer after the task's answer-only prompt.
+
+A suite's score is the mean over examples of each example's mean per-token NLL (every example weighs the
+same, so a bootstrap over examples gives its 95% interval). `paired_difference` compares two evaluations of
+the same examples (two checkpoints) by a paired bootstrap: the interval of the mean per-example change.
+Prompts longer than the model's context lose tokens at their left edge; the target is never cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from specialight.data.formats import COT_TRIGGER, answer_target, question_prompt, render
+from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
+
+LIKELIHOOD_SUITES = ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context", "nll_bbh_cot", "nll_bbh_ao")
+REFERENCE_COT = "bbh-reference-outputs/code-davinci-002-cot.jsonl"
+DEFAULT_MATH_PROMPT = "prompts/flan_t5_cot_specialization/prompt_simple_4_cases.txt"
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class ScoredText:
+    """One prompt and the reference continuation whose likelihood is measured."""
+
+    suite: str
+    id: str
+    prompt: str
+    target: str
+
+
+def _reference_cot(data_dir, tasks: list[str]) -> dict[tuple[str, int], str]:
+    """``(task, index) -> completion`` of the reference CoT outputs that the BBH scorer grades correct."""
+    from specialight.data.answers import is_correct
+
+    path = resolve_data_dir(data_dir) / REFERENCE_COT
+    if not path.is_file():
+        raise DataError(f"missing BBH reference outputs: {path}")
+    kept: dict[tuple[str, int], str] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                row = json.loads(line)
+                task, index, prediction, target = row["task"], int(row["index"]), row["prediction"], row["target"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise DataError(f"{path}:{number}: expected task, index, target, prediction ({err})") from err
+            if task in tasks and is_correct(prediction, target, f"bbh/{task}"):
+                kept[(task, index)] = prediction.strip()
+    return kept
+
+
+def build_texts(
+    suite: str,
+    data_dir: str | os.PathLike | None = None,
+    newline: str | None = None,
+    limit: int | None = None,
+    bbh_tasks: list[str] | None = None,
+    prompt_file: str | None = None,
+) -> list[ScoredText]:
+    """The texts of one likelihood suite; ``limit`` caps the GSM8K suites and each BBH task."""
+    if suite not in LIKELIHOOD_SUITES:
+        raise DataError(f"unknown likelihood suite {suite!r}; known: {', '.join(LIKELIHOOD_SUITES)}")
+    if suite.startswith("nll_gsm8k_dev"):
+        prefix = ""
+        if suite.endswith("in_context"):
+            path = Path(prompt_file) if prompt_file else resolve_data_dir(data_dir) / DEFAULT_MATH_PROMPT
+            if not path.is_file():
+                raise DataError(f"missing prompt file: {path}")
+            prefix = path.read_text(encoding="utf-8").strip() + "\n\n"
+        return [
+            ScoredText(
+                suite,
+                e.id,
+                render(prefix + question_prompt(e.question, cot=True), newline),
+                render(answer_target(e.answer, e.rationale), newline),
+            )
+            for e in load_examples("gsm8k", "dev", data_dir)[:limit]
+        ]
+    tasks = list(bbh_tasks or BBH_TASKS)
+    references = _reference_cot(data_dir, tasks) if suite == "nll_bbh_cot" else {}
+    texts = []
+    for task in tasks:
+        style = "cot" if suite == "nll_bbh_cot" else "ao"
+        prompt = load_bbh_prompt(task, style, data_dir)
+        answer_start = f"A: {COT_TRIGGER}." if style == "cot" else "A:"
+        chosen = []
+        for example in load_examples(f"bbh/{task}", "test", data_dir):
+            index = int(example.id.rsplit("/", 1)[1])
+            target = references.get((task, index)) if style == "cot" else example.answer
+            if target:
+                chosen.append((example, target))
+        for example, target in chosen[:limit]:
+            text = f"{prompt}\n\nQ: {example.question}\n{answer_start}"
+            texts.append(
+                ScoredText(f"{suite}/{task}", example.id, render(text, newline), render(" " + target, newline))
+            )
+    return texts
+
+
+def context_length(model) -> int | None:
+    """The longest input a model's position embeddings allow, or None (relative positions: T5)."""
+    config = model.config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@torch.inference_mode()
+def token_nlls(
+    model,
+    tokenizer,
+    texts: list[ScoredText],
+    batch_size: int = 8,
+    progress: bool = True,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> list[float]:
+    """Each text's mean per-token NLL of its target given its prompt (nats), in the texts' order."""
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    limit = context_length(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pairs = []
+    for text in texts:
+        prompt = tokenizer.encode(text.prompt, add_special_tokens=True)
+        target = tokenizer.encode(text.target, add_special_tokens=False)
+        if not target:
+            raise DataError(f"{text.suite} {text.id}: the reference text has no tokens")
+        if limit is not None and not encoder_decoder:
+            prompt = prompt[-max(limit - len(target), 1) :]  # the prompt's left edge goes first
+        pairs.append((prompt, target))
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    results = [0.0] * len(pairs)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="likelihood", disable=not progress, leave=False):
+            rows = order[start : start + batch_size]
+            for row, value in zip(
+                rows, _batch_nll(model, [pairs[i] for i in rows], pad, encoder_decoder, device, context)
+            ):
+                results[row] = value
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _batch_nll(model, pairs, pad: int, encoder_decoder: bool, device, context) -> list[float]:
+    """Mean per-token NLL of each ``(prompt ids, target ids)`` pair of one batch."""
+    size = len(pairs)
+    if encoder_decoder:
+        source, target = max(len(p) for p, _ in pairs), max(len(t) for _, t in pairs)
+        input_ids = torch.full((size, source), pad, dtype=torch.long)
+        attention = torch.zeros((size, source), dtype=torch.long)
+        labels = torch.full((size, target), -100, dtype=torch.long)
+        for row, (prompt, tokens) in enumerate(pairs):
+            input_ids[row, : len(prompt)], attention[row, : len(prompt)] = torch.tensor(prompt), 1
+            labels[row, : len(tokens)] = torch.tensor(tokens)
+        with context():
+            logits = model(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels.to(device)
+            ).logits
+    else:
+        width = max(len(p) + len(t) for p, t in pairs)
+        input_ids = torch.full((size, width), pad, dtype=torch.long)
+        attention = torch.zeros((size, width), dtype=torch.long)
+        labels = torch.full((size, width), -100, dtype=torch.long)
+        for row, (prompt, tokens) in enumerate(pairs):
+            ids = prompt + tokens
+            input_ids[row, width - len(ids) :], attention[row, width - len(ids) :] = torch.tensor(ids), 1
+            labels[row, width - len(tokens) :] = torch.tensor(tokens)
+        keep = max(len(t) for _, t in pairs) + 1
+        # only the target's positions need the vocabulary projection
+        only = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        # left padding: positions count from each row's first real token, as generation does
+        positions = (attention.cumsum(1) - 1).clamp_min(0)
+        with context():
+            logits = model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                position_ids=positions.to(device),
+                **only,
+            ).logits
+        logits = logits[:, -keep:-1]
+        labels = labels[:, -keep + 1 :]
+    labels = labels.to(logits.device)
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels.clamp_min(0), reduction="none") * (
+        labels >= 0
+    )
+    return (nll.sum(1) / (labels >= 0).sum(1)).tolist()
+
+
+def bootstrap_interval(values: list[float] | np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of ``values`` (resampling examples)."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(BOOTSTRAP_SAMPLES, data.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def summarize(values: list[float]) -> dict[str, float | int]:
+    """``{"mean", "n", "low", "high"}`` of per-example NLLs."""
+    low, high = bootstrap_interval(values)
+    return {"mean": float(np.mean(values)) if values else float("nan"), "n": len(values), "low": low, "high": high}
+
+
+def paired_difference(before: dict[str, float], after: dict[str, float], seed: int = 0) -> dict[str, float | int]:
+    """Mean of ``after - before`` over the examples both scored, with its 95% paired-bootstrap interval."""
+    common = sorted(before.keys() & after.keys())
+    if not common:
+        raise ValueError("the two evaluations share no example: a paired difference needs the same examples")
+    change = np.array([after[key] - before[key] for key in common])
+    low, high = bootstrap_interval(change, seed)
+    return {"mean": float(change.mean()), "n": len(common), "low": low, "high": high}

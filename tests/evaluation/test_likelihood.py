@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specialight.data.formats import newline_separator
+from specialight.evaluation.likelihood import (
+    LIKELIHOOD_SUITES,
+    build_texts,
+    paired_difference,
+    summarize,
+    token_nlls,
+)
+
+
+def _direct_nll(model, tokenizer, text) -> float:
+    """One text alone, no padding: the mean cross-entropy of its target tokens."""
+    prompt = tokenizer.encode(text.prompt, add_special_tokens=True)
+    target = tokenizer.encode(text.target, add_special_tokens=False)
+    with torch.no_grad():
+        if model.config.is_encoder_decoder:
+            return float(model(input_ids=torch.tensor([prompt]), labels=torch.tensor([target])).loss)
+        ids = torch.tensor([prompt + target])
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(target)))
+
+
+def _load(folder):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    except ValueError:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    return model.eval(), tokenizer
+
+
+def test_every_suite_builds_from_the_real_files(data_dir, t5_tokenizer):
+    newline = newline_separator(t5_tokenizer)
+    for suite in LIKELIHOOD_SUITES:
+        texts = build_texts(suite, data_dir, newline, limit=2, bbh_tasks=["snarks", "navigate"])
+        assert texts and all(t.target.strip() for t in texts)
+        assert all("\n" not in t.prompt + t.target for t in texts)  # T5's newline stand-in
+    import json
+
+    cot = build_texts("nll_bbh_cot", data_dir, None, bbh_tasks=["boolean_expressions"])
+    # only completions the BBH scorer grades correct are reference text: as many as the official accuracy says
+    official = json.loads((data_dir / "bbh-reference-outputs" / "official_accuracy.json").read_text())
+    assert abs(len(cot) - official["cot"]["boolean_expressions"] * 250 / 100) <= 1
+    assert all("the answer is" in t.target for t in cot)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2_dir", "tiny_t5_dir"])
+def test_batched_nll_equals_one_text_at_a_time(model_fixture, data_dir, request):
+    model, tokenizer = _load(request.getfixturevalue(model_fixture))
+    newline = newline_separator(tokenizer)
+    texts = build_texts("nll_gsm8k_dev_zero_shot", data_dir, newline, limit=3)
+    texts += build_texts("nll_bbh_ao", data_dir, newline, limit=2, bbh_tasks=["navigate"])
+    batched = token_nlls(model, tokenizer, texts, batch_size=5, progress=False)
+    assert batched == pytest.approx([_direct_nll(model, tokenizer, t) for t in texts], rel=1e-4)
+
+
+def test_a_prompt_longer_than_the_context_loses_its_left_edge(tiny_gpt2_dir, data_dir):
+    model, tokenizer = _load(tiny_gpt2_dir)
+    texts = build_texts("nll_bbh_cot", data_dir, None, limit=3, bbh_tasks=["multistep_arithmetic_two"])
+    lengths = [len(tokenizer.encode(t.prompt + t.target)) for t in texts]
+    assert max(lengths) > model.config.n_positions  # 3-shot CoT prompts overflow GPT-2's 1,024 positions
+    values = token_nlls(model, tokenizer, texts, batch_size=3, progress=False)
+    assert all(v > 0 and v == v for v in values)
+
+
+def test_paired_difference_is_zero_for_the_same_model_and_moves_when_trained_on_the_text(tiny_gpt2_dir, data_dir):
+    model, tokenizer = _load(tiny_gpt2_dir)
+    texts = build_texts("nll_gsm8k_dev_zero_shot", data_dir, None, limit=12)
+    before = dict(zip([t.id for t in texts], token_nlls(model, tokenizer, texts, progress=False)))
+    same = paired_difference(before, dict(before))
+    assert same["mean"] == 0 and same["low"] <= 0 <= same["high"] and same["n"] == 12
+
+    torch.manual_seed(0)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(3):
+        for text in texts:
+            ids = torch.tensor([tokenizer.encode(text.prompt + text.target)])
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    after = dict(zip([t.id for t in texts], token_nlls(model, tokenizer, texts, progress=False)))
+    moved = paired_difference(before, after)
+    assert moved["high"] < 0  # the interval excludes no change: likelihood of the trained text rose
+    summary = summarize(list(after.values()))
+    assert summary["n"] == 12 and summary["low"] <= summary["mean"] <= summary["high"]
