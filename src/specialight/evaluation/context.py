@@ -14,7 +14,9 @@ with every demonstration gone and still too long, keep its last ``budget`` token
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
+from specialight.data.formats import render
 from specialight.evaluation.generation import context_length
 from specialight.evaluation.suites import EvalItem
 
@@ -47,14 +49,34 @@ def prompt_budget(item: EvalItem, context: int | None, encoder_decoder: bool) ->
     return context if encoder_decoder else context - item.max_new_tokens
 
 
+@lru_cache(maxsize=4096)
+def _demonstration_tokens(tokenizer, demonstration: str, newline: str | None) -> int:
+    return len(tokenizer.encode(render(demonstration + "\n\n", newline), add_special_tokens=False))
+
+
 def fit_prompt(item: EvalItem, tokenizer, context: int | None, encoder_decoder: bool = False) -> FittedPrompt:
-    """``item``'s prompt within its budget by the module's rule (token counts as `generate` encodes)."""
+    """``item``'s prompt within its budget by the module's rule (token counts as `generate` encodes).
+
+    Dropping a demonstration is first estimated to save its own token count (cached per demonstration),
+    then the prompt is encoded again to check (and once more to confirm one demonstration fewer would not
+fit), so a shortened prompt costs about three encodings."""
     budget = prompt_budget(item, context, encoder_decoder)
     text = item.prompt
     if budget is None:
         return FittedPrompt(text)
-    for dropped in range(len(item.demonstrations) + 1):
+    length = len(tokenizer.encode(text, add_special_tokens=True))
+    dropped = 0
+    while length > budget and dropped < len(item.demonstrations):
+        estimate = length
+        while estimate > budget and dropped < len(item.demonstrations):
+            estimate -= _demonstration_tokens(tokenizer, item.demonstrations[dropped], item.newline)
+            dropped += 1
         text = item.prompt_without(dropped)
-        if len(tokenizer.encode(text, add_special_tokens=True)) <= budget:
-            return FittedPrompt(text, None, dropped)
-    return FittedPrompt(text, budget, len(item.demonstrations))
+        length = len(tokenizer.encode(text, add_special_tokens=True))
+    while 0 < dropped and length <= budget:  # the estimate may overshoot by a token: keep what fits
+        fuller = item.prompt_without(dropped - 1)
+        fuller_length = len(tokenizer.encode(fuller, add_special_tokens=True))
+        if fuller_length > budget:
+            break
+        text, length, dropped = fuller, fuller_length, dropped - 1
+    return FittedPrompt(text, budget if length > budget else None, dropped)
