@@ -57,9 +57,9 @@ def _demonstration_tokens(tokenizer, demonstration: str, newline: str | None) ->
 def fit_prompt(item: EvalItem, tokenizer, context: int | None, encoder_decoder: bool = False) -> FittedPrompt:
     """``item``'s prompt within its budget by the module's rule (token counts as `generate` encodes).
 
-    Dropping a demonstration is first estimated to save its own token count (cached per demonstration),
-    then the prompt is encoded again to check (and once more to confirm one demonstration fewer would not
-fit), so a shortened prompt costs about three encodings."""
+        Dropping a demonstration is first estimated to save its own token count (cached per demonstration),
+        then the prompt is encoded again to check (and once more to confirm one demonstration fewer would not
+    fit), so a shortened prompt costs about three encodings."""
     budget = prompt_budget(item, context, encoder_decoder)
     text = item.prompt
     if budget is None:
