@@ -48,4 +48,4 @@ def test_intervals():
     low, high = mean_interval([(40.0, 10), (40.0, 1000)])
     expected = wilson(0.4, 4 / (1 / 10 + 1 / 1000))
     assert (low, high) == pytest.approx((100 * expected[0], 100 * expected[1]))
-    assert 24.0 < low < 26.0 and 55.0 < high < 57.0
+    assert 26.0 < low < 26.5 and 55.0 < high < 56.0
