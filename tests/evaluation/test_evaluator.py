@@ -158,3 +158,13 @@ def test_no_dev_suite_shares_an_example_with_its_test_suite(data_dir):
         assert dev_ids and test_ids and not dev_ids & test_ids, dev
     all_ids = set().union(*(ids(s) for s in COMPOSITES["mas_all"]))
     assert len(all_ids) == 400 + 2305 + 1000  # Table 1's rows: MultiArith test, ASDiv all, SVAMP all
+
+
+@pytest.mark.parametrize("model", ["/nonexistent", "./no/such/model", "missing.ckpt"])
+def test_evaluate_names_a_missing_model_in_one_line(model, tmp_path, capsys):
+    status = cli_main(["evaluate", "--model", model, "--suites", "gsm8k_dev", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1 and model in err
+    assert "Traceback" not in err
+    if not model.endswith(".ckpt"):
+        assert "neither a folder, a .ckpt file, nor a known alias" in err
