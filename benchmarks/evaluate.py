@@ -3,7 +3,7 @@
 Same process, same model (a random decoder-only model on the real GPT-2 tokenizer: 4 layers, width 256),
 same prompts (GSM8K dev, zero-shot CoT), same greedy decoding and token budget; a random model never
 emits EOS, so both sides generate every token of the budget. Prints examples/s and the ratio (target >= 3x
-on CPU), and checks both produce the same completions.
+on CPU), and checks both produce the same completions: any difference makes it exit with status 1.
 
     python benchmarks/evaluate.py [--examples 32] [--max-new-tokens 48] [--batch-size 16]
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -89,7 +89,11 @@ def main() -> None:
             }
         )
     )
+    if same != len(prompts):
+        print(f"completions differ on {len(prompts) - same} of {len(prompts)} prompts", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

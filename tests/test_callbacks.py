@@ -33,8 +33,9 @@ def test_selection_writes_the_best_checkpoint_and_table_3(logged_run):
     trainer, evaluation, selection = logged_run
     folder = Path(trainer.log_dir)
     summary = json.loads((folder / "selection.json").read_text())
-    best_value = max(r["scores"]["mas_dev"] for r in evaluation.history)
-    first_best = next(r for r in evaluation.history if r["scores"]["mas_dev"] == best_value)
+    trained = [r for r in evaluation.history if r["step"] > 0]  # step 0 (untrained) is no candidate by default
+    best_value = max(r["scores"]["mas_dev"] for r in trained)
+    first_best = next(r for r in trained if r["scores"]["mas_dev"] == best_value)
     assert summary["selections"]["eval/mas_dev"]["step"] == first_best["step"]
     assert summary["best_checkpoint"]["step"] == first_best["step"]
     assert Path(summary["best_checkpoint"]["path"]).is_file()
@@ -42,6 +43,9 @@ def test_selection_writes_the_best_checkpoint_and_table_3(logged_run):
     table = (folder / "selection.md").read_text()
     assert "| selected by mas_dev |" in table and "| selected by gsm8k_dev |" in table
     assert "| before training | 0 | 0 |" in table and "| end of training | 6 | 24 |" in table
+    assert " n=3 |" in table and "(step 0 excluded)" in table  # mas_dev: 3 parts of 1 example each
+    record = json.loads((folder / "evaluations.jsonl").read_text().splitlines()[-1])
+    assert set(record["n"]) == set(record["ci95"]) == set(record["shortened"]) == set(record["scores"])
     reloaded = SpecializationModule.load_from_checkpoint(summary["best_checkpoint"]["path"])
     assert type(reloaded.loss).__name__ == "SampleMatching"
 
@@ -50,3 +54,27 @@ def test_selection_refuses_a_metric_that_is_not_evaluated():
     selection = ModelSelection(monitor="eval/svamp_test")
     with pytest.raises(ValueError, match="monitors eval/svamp_test"):
         selection.on_evaluation(None, None, {"step": 0, "examples": 0, "scores": {"mas_dev": 1.0}})
+
+
+def _record(step: int, value: float) -> dict:
+    return {"step": step, "examples": 8 * step, "scores": {"mas_dev": value}}
+
+
+def test_selection_skips_the_untrained_model_and_breaks_ties_early():
+    selection = ModelSelection()
+    for step, value in [(0, 90.0), (2, 40.0), (4, 60.0), (6, 60.0)]:
+        selection.records.append(_record(step, value))
+    assert selection.choose("eval/mas_dev")["step"] == 4
+    with_initial = ModelSelection(include_initial=True)
+    with_initial.records = selection.records
+    assert with_initial.choose("eval/mas_dev")["step"] == 0
+
+
+def test_selection_table_shows_intervals_and_reads_records_without_them():
+    from specialight.callbacks import selection_table
+
+    old = _record(0, 10.0)
+    new = {**_record(2, 12.5), "n": {"mas_dev": 24}, "ci95": {"mas_dev": [4.3, 31.0]}}
+    table = selection_table({"first": old, "selections": {"eval/mas_dev": new}, "last": new})
+    assert "| before training | 0 | 0 | 10.0 |" in table
+    assert "| selected by mas_dev | 2 | 16 | 12.5 [4.3-31.0] n=24 |" in table

@@ -39,6 +39,28 @@ def test_runs_of_two_sizes_add_the_scaling_plot(logged_run, tmp_path):
     assert is_png(tmp_path / "c.png") and is_png(tmp_path / "c_scaling.png")
 
 
+def test_curves_draw_interval_bands_and_read_records_without_intervals(logged_run, tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from specialight.plots import curves_figure
+
+    trainer, evaluation, _ = logged_run
+    runs = load_runs([trainer.log_dir])
+    xs, low, high = runs[0].band("mas_dev")
+    assert xs == [0, 8, 16, 24]
+    assert all(lo <= r["scores"]["mas_dev"] <= hi for lo, hi, r in zip(low, high, evaluation.history, strict=True))
+    figure = curves_figure(runs)
+    banded = [axis for axis in figure.axes if any(isinstance(c, PolyCollection) for c in axis.collections)]
+    assert len(banded) == 3  # gsm8k_dev, mas_dev, bbh_cot; the run did not evaluate bbh_ao
+    assert "traded away" not in figure.texts[0].get_text() and "95% intervals" in figure.texts[0].get_text()
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    old_records = [{"step": r["step"], "examples": r["examples"], "scores": r["scores"]} for r in evaluation.history]
+    (legacy / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old_records))
+    assert cli_main(["plot", "--logdir", str(legacy), "--out", str(tmp_path / "old.png")]) == 0
+    assert is_png(tmp_path / "old.png")
+
+
 def test_plot_without_runs_fails_clearly(tmp_path, capsys):
     assert cli_main(["plot", "--logdir", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "no evaluations.jsonl" in capsys.readouterr().err
@@ -55,4 +77,5 @@ def test_notebook_runs_headless_on_a_logged_run(logged_run, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in outputs)
     text = "".join(o.get("text", "") for o in outputs)
     assert "selected by mas_dev" in text and "one model size" in text
+    assert " n=3" in text and "] n=" in text  # every score printed with its interval and count
     assert os.environ["SPECIALIGHT_LOGDIRS"] == str(trainer.log_dir)

@@ -3,13 +3,16 @@
 `PeriodicEvaluation` runs evaluation suites before training and every N training examples, logs
 ``eval/<suite>`` to the trainer's logger, appends each evaluation to ``<log_dir>/evaluations.jsonl`` (what
 `specialight plot` and the notebook read) and keeps the completions under
-``<log_dir>/evaluations/step-<N>/``. Under DDP only rank zero generates; the others wait and receive the
-scores, so every rank takes the same selection decisions.
+``<log_dir>/evaluations/step-<N>/``. A record holds ``scores`` (suite -> accuracy %) and, beside them, ``n``
+(examples), ``ci95`` (95% interval, percent) and ``shortened`` (prompts cut to fit the context) per suite.
+Under DDP only rank zero generates; the others wait and receive the scores, so every rank takes the same
+selection decisions.
 
 `ModelSelection` watches one metric (``eval/mas_dev``: held-out out-of-distribution math, the paper's
-choice; ``eval/gsm8k_dev`` possible), saves the best checkpoint and, when training ends, writes
-``selection.json`` and ``selection.md``: the paper's Table 3, the step each criterion picks and every
-evaluated score at that step.
+choice; ``eval/gsm8k_dev`` possible) among the training checkpoints (the step-0 evaluation of the
+untrained model only with ``include_initial``), saves the best checkpoint (the earlier one on ties) and,
+when training ends, writes ``selection.json`` and ``selection.md``: the paper's Table 3, the step each
+criterion picks and every evaluated score at that step with its n and interval.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ class PeriodicEvaluation(L.Callback):
         record: dict[str, Any] | None = None
         if trainer.is_global_zero:
             started = time.perf_counter()
-            scores = self._evaluator_for(pl_module).run(
+            results = self._evaluator_for(pl_module).run(
                 folder / "evaluations" / f"step-{step}",
                 progress=trainer.progress_bar_callback is not None,
                 context=trainer.precision_plugin.forward_context,
@@ -122,7 +125,7 @@ class PeriodicEvaluation(L.Callback):
                 "seconds": round(time.perf_counter() - started, 1),
                 "num_parameters": sum(p.numel() for p in pl_module.model.parameters()),
                 "model": pl_module.hparams.model_name_or_path,
-                "scores": scores,
+                **results.summary(),
             }
             with (folder / EVALUATIONS_FILE).open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -172,6 +175,8 @@ class ModelSelection(L.Callback):
         mode: ``max`` (accuracy) or ``min``.
         compare: further metrics to report a selection by in the table (the paper: ``eval/gsm8k_dev``).
         filename: checkpoint file name, written in the run's folder.
+        include_initial: also consider the step-0 evaluation of the untrained model (the paper selects
+            among training checkpoints only).
     """
 
     def __init__(
@@ -180,6 +185,7 @@ class ModelSelection(L.Callback):
         mode: str = "max",
         compare: list[str] | None = None,
         filename: str = "best.ckpt",
+        include_initial: bool = False,
     ) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -187,6 +193,7 @@ class ModelSelection(L.Callback):
         self.mode = mode
         self.compare = list(compare) if compare is not None else ["eval/gsm8k_dev"]
         self.filename = filename
+        self.include_initial = include_initial
         self.best: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
 
@@ -200,6 +207,9 @@ class ModelSelection(L.Callback):
     def _better(self, value: float, than: float) -> bool:
         return value > than if self.mode == "max" else value < than
 
+    def _candidate(self, record: dict[str, Any]) -> bool:
+        return self.include_initial or record["step"] > 0
+
     def on_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule, record: dict[str, Any]) -> None:
         """Called by `PeriodicEvaluation` after each evaluation (on every rank)."""
         self.records.append(record)
@@ -209,15 +219,17 @@ class ModelSelection(L.Callback):
                 f"ModelSelection monitors {self.monitor} but the evaluation has {sorted(record['scores'])}"
             )
         value = record["scores"][name]
+        if not self._candidate(record):
+            return
         if self.best is None or self._better(value, self.best["value"]):
             path = log_dir(trainer) / self.filename
             trainer.save_checkpoint(path)
             self.best = {"step": record["step"], "examples": record["examples"], "value": value, "path": str(path)}
 
     def choose(self, metric: str) -> dict[str, Any] | None:
-        """The evaluation record that ``metric`` selects (first best on ties)."""
+        """The evaluation record that ``metric`` selects among the candidates (first best on ties)."""
         name = metric.removeprefix("eval/")
-        scored = [r for r in self.records if name in r["scores"]]
+        scored = [r for r in self.records if name in r["scores"] and self._candidate(r)]
         if not scored:
             return None
         best = scored[0]
@@ -236,6 +248,7 @@ class ModelSelection(L.Callback):
         selections = {m: self.choose(m) for m in criteria}
         summary = {
             "monitor": self.monitor,
+            "include_initial": self.include_initial,
             "best_checkpoint": self.best,
             "selections": {m: r for m, r in selections.items() if r is not None},
             "first": self.records[0],
@@ -248,9 +261,22 @@ class ModelSelection(L.Callback):
         )
 
 
+def score_cell(record: dict[str, Any], metric: str) -> str:
+    """``"12.5 [4.1-31.0] n=24"``: a record's score with its 95% interval and count (older records
+    without them: the score alone)."""
+    if metric not in record["scores"]:
+        return "-"
+    text = f"{record['scores'][metric]:.1f}"
+    interval = record.get("ci95", {}).get(metric)
+    count = record.get("n", {}).get(metric)
+    if interval is not None:
+        text += f" [{interval[0]:.1f}-{interval[1]:.1f}]"
+    return text + (f" n={count}" if count is not None else "")
+
+
 def selection_table(summary: dict[str, Any]) -> str:
-    """The paper's Table 3 as markdown: per selection criterion, the chosen step and its scores; the first
-    and last evaluations for reference."""
+    """The paper's Table 3 as markdown: per selection criterion, the chosen step and its scores (95%
+    interval, n); the first and last evaluations for reference."""
     rows = [("before training", summary["first"])]
     rows += [
         (f"selected by {metric.removeprefix('eval/')}", record) for metric, record in summary["selections"].items()
@@ -260,6 +286,8 @@ def selection_table(summary: dict[str, Any]) -> str:
     header = "| checkpoint | step | examples | " + " | ".join(metrics) + " |"
     lines = [header, "|" + "---|" * (3 + len(metrics))]
     for label, record in rows:
-        scores = " | ".join(f"{record['scores'].get(m, float('nan')):.1f}" for m in metrics)
+        scores = " | ".join(score_cell(record, m) for m in metrics)
         lines.append(f"| {label} | {record['step']} | {record['examples']} | {scores} |")
-    return "\n".join(lines) + "\n"
+    note = "Cells: accuracy % [95% interval] n=examples. Selection is among training checkpoints"
+    note += " and the step-0 evaluation." if summary.get("include_initial") else " (step 0 excluded)."
+    return "\n".join(lines) + "\n\n" + note + "\n"

@@ -120,8 +120,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model, tokenizer = load_for_evaluation(args.model, args.device)
     evaluator = Evaluator(model, tokenizer, settings)
     evaluator.items()  # fail on a bad suite or missing data before loading anything else
-    scores = evaluator.run(args.out)
-    sys.stdout.write(format_table(scores, per_task=True) + f"\nresults: {args.out}\n")
+    results = evaluator.run(args.out)
+    sys.stdout.write(format_table(results, per_task=True) + f"\nresults: {args.out}\n")
     return 0
 
 

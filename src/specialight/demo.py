@@ -19,18 +19,30 @@ from specialight.models import resolve_model
 METRICS = ("gsm8k_dev", "multiarith_dev", "asdiv_dev", "svamp_dev", "mas_dev", "bbh_ao", "bbh_cot")
 
 
+def _cell(record: dict, metric: str) -> str:
+    """``"25.0 [8.9-53.2]"``: a score and its 95% interval (the score alone where none was logged)."""
+    if metric not in record["scores"]:
+        return "-"
+    interval = record.get("ci95", {}).get(metric)
+    value = f"{record['scores'][metric]:.1f}"
+    return value if interval is None else f"{value} [{interval[0]:.1f}-{interval[1]:.1f}]"
+
+
 def closing_table(selection: dict) -> str:
-    """Each headline metric before training, at the selected checkpoint and at the end."""
+    """Each headline metric before training, at the selected checkpoint and at the end: accuracy % with
+    its 95% interval, and n, the examples behind it."""
     first, last = selection["first"], selection["last"]
     chosen = selection["selections"].get(selection["monitor"], last)
     lines = [
-        f"{'metric':<16} {'before':>8} {'selected':>9} {'end':>8}",
-        f"{'(step)':<16} {first['step']:>8} {chosen['step']:>9} {last['step']:>8}",
+        f"{'metric':<16} {'n':>5} {'before':>18} {'selected':>18} {'end':>18}",
+        f"{'(step)':<16} {'':>5} {first['step']:>18} {chosen['step']:>18} {last['step']:>18}",
     ]
     for metric in METRICS:
         if metric in last["scores"]:
-            values = [r["scores"].get(metric, float("nan")) for r in (first, chosen, last)]
-            lines.append(f"{metric:<16} {values[0]:>8.1f} {values[1]:>9.1f} {values[2]:>8.1f}")
+            count = last.get("n", {}).get(metric, "?")
+            cells = " ".join(f"{_cell(r, metric):>18}" for r in (first, chosen, last))
+            lines.append(f"{metric:<16} {count:>5} {cells}")
+    lines.append("accuracy % [95% interval]; n examples per evaluation")
     return "\n".join(lines)
 
 

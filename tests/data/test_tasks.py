@@ -105,3 +105,15 @@ def test_data_command_prints_the_table(data_dir, capsys):
 def test_data_command_fails_clearly_when_something_is_missing(tmp_path, capsys):
     assert cli_main(["data", "--data-dir", str(tmp_path)]) == 2
     assert "missing data file" in capsys.readouterr().err
+
+
+def test_svamp_body_and_question_are_separate_sentences(data_dir):
+    from specialight.data.tasks import svamp_question
+
+    assert svamp_question("He had $ 4 at the start", "How much?") == "He had $ 4 at the start. How much?"
+    assert svamp_question("He had 4.", "How many?") == "He had 4. How many?"
+    raw = json.loads((data_dir / "svamp" / "SVAMP.json").read_text())
+    assert sum(not row["Body"].strip().endswith(".") for row in raw) == 358
+    for example, row in zip(load_examples("svamp", "all", data_dir), raw, strict=True):
+        body = row["Body"].strip()
+        assert example.question.startswith(body if body.endswith(".") else body + ". "), example.id

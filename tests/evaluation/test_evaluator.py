@@ -49,7 +49,11 @@ def test_scores_are_computed_from_extracted_answers(data_dir):
         f"So the answer is {bbh[2].gold}.",  # word_sorting right
         f"So the answer is {bbh[3].gold}.",  # word_sorting right
     ]
-    scores, records = score(items, completions)
+    results, records = score(items, completions)
+    scores = results.scores
+    assert results.counts["gsm8k_dev"] == 4 and results.counts["bbh_cot"] == 4
+    low, high = results.intervals["gsm8k_dev"]
+    assert low == pytest.approx(30.06, abs=0.01) and high == pytest.approx(95.44, abs=0.01)  # Wilson, 3 of 4
     assert scores["gsm8k_dev"] == pytest.approx(75.0)
     assert scores["bbh_cot/navigate"] == pytest.approx(50.0)
     assert scores["bbh_cot/word_sorting"] == pytest.approx(100.0)
@@ -84,7 +88,8 @@ def test_evaluator_writes_traceable_results(tiny_gpt2_dir, data_dir, tmp_path):
         max_new_tokens=8,
         data_dir=str(data_dir),
     )
-    scores = Evaluator(model, tokenizer, settings).run(tmp_path, progress=False)
+    results = Evaluator(model, tokenizer, settings).run(tmp_path, progress=False)
+    scores = results.scores
     assert set(scores) >= {
         "gsm8k_dev",
         "multiarith_dev",
@@ -99,9 +104,14 @@ def test_evaluator_writes_traceable_results(tiny_gpt2_dir, data_dir, tmp_path):
         (scores["multiarith_dev"] + scores["asdiv_dev"] + scores["svamp_dev"]) / 3
     )
     rows = [json.loads(line) for line in (tmp_path / "gsm8k_dev.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and set(rows[0]) == {"suite", "id", "prompt_id", "completion", "extracted", "gold", "correct"}
+    assert len(rows) == 2
+    assert set(rows[0]) == {"suite", "id", "prompt_id", "completion", "extracted", "gold", "correct", "shortened"}
     assert scores["gsm8k_dev"] == pytest.approx(100.0 * sum(r["correct"] for r in rows) / 2)
-    assert json.loads((tmp_path / "summary.json").read_text()) == pytest.approx(scores)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["scores"] == pytest.approx(scores)
+    assert summary["n"]["mas_dev"] == 6 and summary["n"]["bbh_ao"] == 4 and summary["shortened"]["gsm8k_dev"] == 0
+    assert set(summary["ci95"]) == set(scores)
+    assert all(low <= scores[k] <= high for k, (low, high) in summary["ci95"].items())
 
 
 def test_evaluate_command(tiny_t5_dir, data_dir, tmp_path, capsys):
@@ -130,3 +140,31 @@ def test_evaluate_command(tiny_t5_dir, data_dir, tmp_path, capsys):
     assert (tmp_path / "svamp_dev.jsonl").is_file() and (tmp_path / "bbh_cot.jsonl").is_file()
     assert cli_main(["evaluate", "--model", str(tiny_t5_dir), "--suites", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
+
+
+def test_no_dev_suite_shares_an_example_with_its_test_suite(data_dir):
+    from specialight.evaluation.suites import COMPOSITES, MATH_SUITES
+
+    def ids(suite: str) -> set[str]:
+        return {item.id for item in build_items(suite, data_dir)}
+
+    dev_suites = [s for s in [*MATH_SUITES, *COMPOSITES] if s.endswith("_dev")]
+    assert dev_suites == ["gsm8k_dev", "multiarith_dev", "asdiv_dev", "svamp_dev", "mas_dev"]
+    for dev in dev_suites:
+        test = dev.removesuffix("_dev") + "_test"
+        dev_parts, test_parts = COMPOSITES.get(dev, (dev,)), COMPOSITES.get(test, (test,))
+        dev_ids = set().union(*(ids(s) for s in dev_parts))
+        test_ids = set().union(*(ids(s) for s in test_parts))
+        assert dev_ids and test_ids and not dev_ids & test_ids, dev
+    all_ids = set().union(*(ids(s) for s in COMPOSITES["mas_all"]))
+    assert len(all_ids) == 400 + 2305 + 1000  # Table 1's rows: MultiArith test, ASDiv all, SVAMP all
+
+
+@pytest.mark.parametrize("model", ["/nonexistent", "./no/such/model", "missing.ckpt"])
+def test_evaluate_names_a_missing_model_in_one_line(model, tmp_path, capsys):
+    status = cli_main(["evaluate", "--model", model, "--suites", "gsm8k_dev", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1 and model in err
+    assert "Traceback" not in err
+    if not model.endswith(".ckpt"):
+        assert "neither a folder, a .ckpt file, nor a known alias" in err

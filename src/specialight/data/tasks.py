@@ -274,6 +274,13 @@ def _load_asdiv(root: Path, split: str, dev_size: int) -> list[Example]:
     return _ood_split(examples, split, dev_size)
 
 
+def svamp_question(body: str, question: str) -> str:
+    """SVAMP's ``Body`` and ``Question`` as one text; 358 of the 1,000 bodies end without a period, so one
+    is added rather than run two sentences together."""
+    body = body.strip()
+    return f"{body}{'' if body.endswith(('.', '!', '?')) else '.'} {question.strip()}"
+
+
 def _load_svamp(root: Path, split: str, dev_size: int) -> list[Example]:
     path = root / "svamp" / "SVAMP.json"
     examples = []
@@ -284,7 +291,7 @@ def _load_svamp(root: Path, split: str, dev_size: int) -> list[Example]:
             Example(
                 id=f"svamp/{_field(row, 'ID', where)}",
                 task="svamp",
-                question=f"{body} {question}",
+                question=svamp_question(body, question),
                 answer=format_number(_field(row, "Answer", where)),
             )
         )

@@ -4,17 +4,21 @@ Math suites ``<task>_<split>`` (``gsm8k_dev``, ``gsm8k_test``, ``multiarith_dev`
 ``asdiv_dev``, ``asdiv_test``, ``asdiv_all``, ``svamp_dev``, ``svamp_test``, ``svamp_all``) prompt with the
 paper's 4-shot CoT file (``prompt_simple_4_cases.txt``, or ``prompt_file``) followed by
 ``Q: <question>\\nLet's think step by step\\n``; a ``_zero_shot`` suffix drops the demonstrations (the
-zero-shot CoT tuning format). ``mas_dev`` (and ``mas_test``) is the mean of the MultiArith, ASDiv and
-SVAMP suites of that split: the paper's model-selection metric. ``bbh_ao`` and ``bbh_cot`` run the 27 BBH
+zero-shot CoT tuning format). ``mas_dev`` is the mean of the MultiArith, ASDiv and SVAMP dev suites: the
+paper's model-selection metric; ``mas_test`` the mean of their test suites, which share no row with dev
+(``mas_all`` keeps the Table-1 rows: MultiArith test, ASDiv all, SVAMP all). ``bbh_ao`` and ``bbh_cot`` run the 27 BBH
 tasks with their 3-shot prompts (answer-only as the BBH authors ran them; CoT ending "Let's think step by
 step.") and report the mean over tasks and each task (``bbh_cot/<task>``).
 
-Prompts pass through the student tokenizer's newline mapping, as in training.
+Prompts pass through the student tokenizer's newline mapping, as in training. Each item keeps its prompt
+in parts (task header, in-context demonstrations, the question) so that a prompt too long for a model's
+context can drop whole leading demonstrations (`EvalItem.prompt_without`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,23 +38,51 @@ MATH_SUITES = {
 }
 COMPOSITES = {
     "mas_dev": ("multiarith_dev", "asdiv_dev", "svamp_dev"),
-    "mas_test": ("multiarith_test", "asdiv_all", "svamp_all"),
+    "mas_test": ("multiarith_test", "asdiv_test", "svamp_test"),
+    "mas_all": ("multiarith_test", "asdiv_all", "svamp_all"),
 }
+_DEMONSTRATION_START = re.compile(r"\n\n+(?=Q: )")
 BBH_SUITES = ("bbh_ao", "bbh_cot")
 
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One prompt to complete and how to score it."""
+    """One prompt to complete and how to score it.
+
+    The prompt is ``header``, then ``demonstrations``, then ``query``, joined by blank lines and passed
+    through the ``newline`` mapping; ``cot`` says whether the prompt asks for a chain of thought.
+    """
 
     suite: str
     id: str
     task: str
-    prompt: str
     prompt_id: str
     gold: str
+    query: str
+    demonstrations: tuple[str, ...] = ()
+    header: str = ""
+    newline: str | None = None
     options: dict[str, str] = field(default_factory=dict)
     max_new_tokens: int = 256
+    cot: bool = True
+
+    def prompt_without(self, dropped: int) -> str:
+        """The prompt with its first ``dropped`` demonstrations left out."""
+        parts = [self.header, *self.demonstrations[dropped:], self.query]
+        return render("\n\n".join(p for p in parts if p), self.newline)
+
+    @property
+    def prompt(self) -> str:
+        """The whole prompt."""
+        return self.prompt_without(0)
+
+
+def split_demonstrations(prefix: str) -> tuple[str, tuple[str, ...]]:
+    """``(header, demonstrations)`` of a few-shot prefix: blocks starting ``Q: `` are demonstrations,
+    any text before the first one is the header (a BBH task description)."""
+    blocks = [b.strip() for b in _DEMONSTRATION_START.split(prefix.strip()) if b.strip()]
+    header = blocks[0] if blocks and not blocks[0].startswith("Q: ") else ""
+    return header, tuple(blocks[1:] if header else blocks)
 
 
 def known_suites() -> list[str]:
@@ -87,15 +119,19 @@ def _math_items(
         path = Path(prompt_file) if prompt_file else resolve_data_dir(data_dir) / DEFAULT_PROMPT
         if not path.is_file():
             raise DataError(f"missing prompt file: {path}")
-        prefix, prompt_id = path.read_text(encoding="utf-8").strip() + "\n\n", path.stem
+        prefix, prompt_id = path.read_text(encoding="utf-8"), path.stem
+    header, demonstrations = split_demonstrations(prefix)
     return [
         EvalItem(
             name,
             e.id,
             e.task,
-            render(prefix + question_prompt(e.question, cot=True), newline),
             prompt_id,
             e.answer,
+            query=question_prompt(e.question, cot=True),
+            demonstrations=demonstrations,
+            header=header,
+            newline=newline,
             max_new_tokens=max_new_tokens,
         )
         for e in examples
@@ -113,20 +149,23 @@ def _bbh_items(
     style = "cot" if name == "bbh_cot" else "ao"
     items = []
     for task in tasks or BBH_TASKS:
-        prompt = load_bbh_prompt(task, style, data_dir)
+        header, demonstrations = split_demonstrations(load_bbh_prompt(task, style, data_dir))
         answer_start = f"A: {COT_TRIGGER}." if style == "cot" else "A:"
         for example in load_examples(f"bbh/{task}", "test", data_dir)[:limit]:
-            text = f"{prompt}\n\nQ: {example.question}\n{answer_start}"
             items.append(
                 EvalItem(
                     f"{name}/{task}",
                     example.id,
                     example.task,
-                    render(text, newline),
                     f"bbh-{style}/{task}",
                     example.answer,
-                    example.options,
-                    max_new_tokens,
+                    query=f"Q: {example.question}\n{answer_start}",
+                    demonstrations=demonstrations,
+                    header=header,
+                    newline=newline,
+                    options=example.options,
+                    max_new_tokens=max_new_tokens,
+                    cot=style == "cot",
                 )
             )
     return items
