@@ -7,12 +7,22 @@ objective is the same and the per-batch losses must agree to float32 round-off.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import read_steps
 from tests.test_training import cli
 
 ACCUMULATE = 2
+EVALUATE = [
+    "--trainer.callbacks+=specialight.callbacks.PeriodicEvaluation",
+    "--trainer.callbacks.suites=[svamp_dev, nll_gsm8k_dev_zero_shot]",
+    "--trainer.callbacks.every_n_examples=1000",
+    "--trainer.callbacks.at_end=false",
+    "--trainer.callbacks.limit=3",
+    "--trainer.callbacks.max_new_tokens=6",
+]
 # float32 sums in another order (reduce-scatter vs accumulation), amplified by Adam's normalization
 TOLERANCE = 1e-3
 
@@ -75,6 +85,7 @@ def test_sharded_training_matches_one_process_and_resumes(deterministic_t5_dir, 
         f"--trainer.accumulate_grad_batches={ACCUMULATE}",
         "--trainer.max_steps=4",
         "--trainer.enable_checkpointing=false",
+        *EVALUATE,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     # with accumulation, Lightning reports each micro-batch's loss divided by the accumulation
@@ -93,12 +104,27 @@ def test_sharded_training_matches_one_process_and_resumes(deterministic_t5_dir, 
         f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}",
         "--trainer.callbacks.every_n_train_steps=2",
         "--trainer.callbacks.save_top_k=-1",
+        *EVALUATE,
     )
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     ranks = [[s["loss"] for s in read_steps(tmp_path / "fsdp-steps", r)] for r in (0, 1)]
     # step k: rank r trained on the batch the single process saw as micro-batch 2k + r
     assert ranks[0] == pytest.approx(reference[0::2], rel=TOLERANCE)
     assert ranks[1] == pytest.approx(reference[1::2], rel=TOLERANCE)
+
+    # the step-0 evaluation: each rank generated its share with the sharded model gathered whole
+    first = [
+        json.loads(next((tmp_path / run).rglob("evaluations.jsonl")).read_text().splitlines()[0])
+        for run in ("one", "fsdp")
+    ]
+    assert first[0]["scores"] == first[1]["scores"] and first[1]["n"]["svamp_dev"] == 3
+    nll = [f["nll"]["nll_gsm8k_dev_zero_shot"]["mean"] for f in first]
+    assert nll[1] == pytest.approx(nll[0], rel=1e-5)
+    completions = [
+        [json.loads(line)["completion"] for line in next((tmp_path / run).rglob("svamp_dev.jsonl")).open()]
+        for run in ("one", "fsdp")
+    ]
+    assert completions[0] == completions[1]
 
     checkpoint = next((tmp_path / "ckpt").glob("*step=2.ckpt"))
     assert checkpoint.is_dir() and len(list(checkpoint.glob("*.distcp"))) == 2  # one shard file per rank

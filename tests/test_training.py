@@ -190,9 +190,11 @@ def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
         "--trainer.callbacks+=tests.helpers.RecordSteps",
         f"--trainer.callbacks.out={tmp_path / 'steps'}",
         "--trainer.callbacks+=specialight.callbacks.PeriodicEvaluation",
-        "--trainer.callbacks.suites=[svamp_dev]",
+        "--trainer.callbacks.suites=[svamp_dev, nll_bbh_ao]",
+        "--trainer.callbacks.bbh_tasks=[navigate]",
         "--trainer.callbacks.every_n_examples=16",
-        "--trainer.callbacks.limit=2",
+        "--trainer.callbacks.likelihood_every_n_examples=8",
+        "--trainer.callbacks.limit=3",
         "--trainer.callbacks.max_new_tokens=4",
         f"--trainer.callbacks.data_dir={data_dir}",
         cwd=tmp_path,
@@ -203,10 +205,39 @@ def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
     assert units[0] and units[1] and not set(units[0]) & set(units[1])
     assert len(ranks[0]) == len(ranks[1]) == 12  # 48 units / batch 2 / 2 ranks
     assert len(list((tmp_path / "runs").rglob("*.ckpt"))) == 1
-    # rank zero evaluated at step 0 and every 16 examples (2 ranks x 2 per step), once each
-    evaluations = [json.loads(line) for line in next((tmp_path / "runs").rglob("evaluations.jsonl")).open()]
-    assert [e["step"] for e in evaluations] == [0, 4, 8, 12]
-    assert [e["examples"] for e in evaluations] == [0, 16, 32, 48]
+    # evaluated at step 0 and every 16 examples (2 ranks x 2 per step), once each; the likelihood alone
+    # every 8 examples in between
+    log = next((tmp_path / "runs").rglob("evaluations.jsonl"))
+    evaluations = [json.loads(line) for line in log.open()]
+    assert [e["step"] for e in evaluations] == [0, 2, 4, 6, 8, 10, 12]
+    assert [bool(e["scores"]) for e in evaluations] == [True, False, True, False, True, False, True]
+    assert all(e["nll"]["nll_bbh_ao"]["n"] == 3 for e in evaluations)
+    assert "nll_change" not in evaluations[0] and all(e["nll_change"]["nll_bbh_ao"]["n"] == 3 for e in evaluations[1:])
+
+    # both ranks evaluated a share (3 examples: 2 and 1); together they equal one process on the same model
+    single = cli(
+        "evaluate",
+        f"--model={tiny_t5_dir}",
+        "--suites=svamp_dev,nll_bbh_ao",
+        "--bbh-tasks=navigate",
+        "--limit=3",
+        "--max-new-tokens=4",
+        f"--data-dir={data_dir}",
+        f"--out={tmp_path / 'single'}",
+        cwd=tmp_path,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    step0 = log.parent / "evaluations" / "step-0"
+    for name in ("svamp_dev.jsonl", "nll.jsonl"):
+        ours = [json.loads(line) for line in (step0 / name).read_text().splitlines()]
+        theirs = [json.loads(line) for line in (tmp_path / "single" / name).read_text().splitlines()]
+        assert [r["id"] for r in ours] == [r["id"] for r in theirs] and len(ours) == 3
+        if name == "nll.jsonl":
+            assert [r["nll"] for r in ours] == pytest.approx([r["nll"] for r in theirs], rel=1e-5)
+        else:
+            assert [r["completion"] for r in ours] == [r["completion"] for r in theirs]
+    single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert evaluations[0]["scores"] == single_summary["scores"] and evaluations[0]["n"]["svamp_dev"] == 3
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))

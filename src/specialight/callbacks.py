@@ -4,9 +4,13 @@
 ``eval/<suite>`` to the trainer's logger, appends each evaluation to ``<log_dir>/evaluations.jsonl`` (what
 `specialight plot` and the notebook read) and keeps the completions under
 ``<log_dir>/evaluations/step-<N>/``. A record holds ``scores`` (suite -> accuracy %) and, beside them, ``n``
-(examples), ``ci95`` (95% interval, percent) and ``shortened`` (prompts cut to fit the context) per suite.
-Under DDP only rank zero generates; the others wait and receive the scores, so every rank takes the same
-selection decisions.
+(examples), ``ci95`` (95% interval, percent) and ``shortened`` (prompts cut to fit the context) per suite;
+likelihood suites (``nll_*``) add ``nll`` (mean per-token NLL, n, interval) and, from the second evaluation
+on, ``nll_change``: the paired-bootstrap change since the first evaluation on the same examples. They are
+cheap (forward passes only) and may run at their own, higher cadence (``likelihood_every_n_examples``).
+Every rank evaluates its share of the examples and all ranks get the same results (counts summed with
+torchmetrics), so every rank takes the same selection decisions; a sharded model is whole on every rank
+while it generates (`specialight.sharding.full_parameters`).
 
 `ModelSelection` watches one metric (``eval/mas_dev``: held-out out-of-distribution math, the paper's
 choice; ``eval/gsm8k_dev`` possible) among the training checkpoints (the step-0 evaluation of the
@@ -56,6 +60,7 @@ class PeriodicEvaluation(L.Callback):
         data_dir: benchmark folder.
         before_training: evaluate once before the first step.
         at_end: evaluate after the last step unless that step was just evaluated.
+        likelihood_every_n_examples: cadence of the likelihood suites alone (None: with the others).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class PeriodicEvaluation(L.Callback):
         data_dir: str | None = None,
         before_training: bool = True,
         at_end: bool = True,
+        likelihood_every_n_examples: int | None = None,
     ) -> None:
         self.settings = EvalSettings(
             suites=list(suites),
@@ -87,16 +93,19 @@ class PeriodicEvaluation(L.Callback):
         self.every_n_examples = every_n_examples
         self.before_training = before_training
         self.at_end = at_end
+        self.likelihood_every_n_examples = likelihood_every_n_examples
         self.examples_seen = 0
         self.history: list[dict[str, Any]] = []
+        self.nll_baseline: dict[str, dict[str, float]] | None = None
         self._evaluator: Evaluator | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"examples_seen": self.examples_seen, "history": self.history}
+        return {"examples_seen": self.examples_seen, "history": self.history, "nll_baseline": self.nll_baseline}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.examples_seen = state_dict["examples_seen"]
         self.history = state_dict["history"]
+        self.nll_baseline = state_dict.get("nll_baseline")
 
     def _evaluator_for(self, pl_module: L.LightningModule) -> Evaluator:
         if self._evaluator is None:
@@ -107,31 +116,46 @@ class PeriodicEvaluation(L.Callback):
             self._evaluator.items()
         return self._evaluator
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """Run the suites now (rank zero), share the scores, log them and tell `ModelSelection`."""
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, kinds: tuple[str, ...] = ("generation", "likelihood")
+    ) -> dict[str, Any]:
+        """Run the suites now on every rank's share, log them and tell `ModelSelection`."""
+        from specialight.evaluation.likelihood import paired_difference
+        from specialight.sharding import full_parameters
+
         step = trainer.global_step
         folder = log_dir(trainer)
-        record: dict[str, Any] | None = None
-        if trainer.is_global_zero:
-            started = time.perf_counter()
+        started = time.perf_counter()
+        with full_parameters(pl_module.model):
             results = self._evaluator_for(pl_module).run(
                 folder / "evaluations" / f"step-{step}",
                 progress=trainer.progress_bar_callback is not None,
                 context=trainer.precision_plugin.forward_context,
+                kinds=kinds,
             )
-            record = {
-                "step": step,
-                "examples": self.examples_seen,
-                "seconds": round(time.perf_counter() - started, 1),
-                "num_parameters": sum(p.numel() for p in pl_module.model.parameters()),
-                "model": pl_module.hparams.model_name_or_path,
-                **results.summary(),
-            }
+        record = {
+            "step": step,
+            "examples": self.examples_seen,
+            "seconds": round(time.perf_counter() - started, 1),
+            "num_parameters": sum(p.numel() for p in pl_module.model.parameters()),
+            "model": pl_module.hparams.model_name_or_path,
+            **results.summary(),
+        }
+        if results.nll_values:
+            if self.nll_baseline is None:
+                self.nll_baseline = results.nll_values
+            else:
+                record["nll_change"] = {
+                    suite: paired_difference(self.nll_baseline[suite], values)
+                    for suite, values in results.nll_values.items()
+                    if suite in self.nll_baseline
+                }
+        if trainer.is_global_zero:
             with (folder / EVALUATIONS_FILE).open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        record = trainer.strategy.broadcast(record, src=0)
         self.history.append(record)
         metrics = {f"eval/{name}": value for name, value in record["scores"].items()}
+        metrics |= {f"eval/{name}": stats["mean"] for name, stats in record.get("nll", {}).items()}
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({**metrics, "eval/examples_seen": record["examples"]}, step=step)
         trainer.callback_metrics.update({k: _tensor(v) for k, v in metrics.items()})
@@ -139,11 +163,12 @@ class PeriodicEvaluation(L.Callback):
             "step %d (%d examples): %s",
             step,
             record["examples"],
-            ", ".join(f"{k} {v:.1f}" for k, v in record["scores"].items() if "/" not in k),
+            ", ".join(f"{k.removeprefix('eval/')} {v:.3g}" for k, v in metrics.items() if "/" not in k[5:]),
         )
-        for callback in trainer.callbacks:
-            if isinstance(callback, ModelSelection):
-                callback.on_evaluation(trainer, pl_module, record)
+        if "generation" in kinds and record["scores"]:
+            for callback in trainer.callbacks:
+                if isinstance(callback, ModelSelection):
+                    callback.on_evaluation(trainer, pl_module, record)
         return record
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -151,14 +176,21 @@ class PeriodicEvaluation(L.Callback):
             self.evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        before = self.examples_seen // self.every_n_examples
+        seen = self.examples_seen
         self.examples_seen += int(batch["input_ids"].shape[0]) * trainer.world_size
-        if self.examples_seen // self.every_n_examples > before:
+        if self.examples_seen // self.every_n_examples > seen // self.every_n_examples:
             self.evaluate(trainer, pl_module)
+        elif (every := self.likelihood_every_n_examples) and self.examples_seen // every > seen // every:
+            self.evaluate(trainer, pl_module, kinds=("likelihood",))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end and (not self.history or self.history[-1]["step"] != trainer.global_step):
+        if not self.at_end:
+            return
+        last = self.history[-1] if self.history else None
+        if last is None or last["step"] != trainer.global_step:
             self.evaluate(trainer, pl_module)
+        elif not last["scores"] and self._evaluator_for(pl_module).items():  # the likelihood ran at this step
+            self.evaluate(trainer, pl_module, kinds=("generation",))
 
 
 def _tensor(value: float):

@@ -111,6 +111,11 @@ def full_parameters(model: nn.Module) -> Iterator[nn.Module]:
     from torch.distributed.fsdp import FSDPModule
 
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    # FSDP sets up its root on the first forward through the root; generation may enter through a child (T5's
+    # encoder), so run that first forward on the model's dummy inputs (a few tokens, every rank at once)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model(**{name: value.to(device) for name, value in model.dummy_inputs.items()})
     model.set_reshard_after_forward(False, recurse=True)
     for module in modules:
         module.unshard()

@@ -6,7 +6,13 @@ answer, gold, correct, whether the prompt was shortened) and ``<out>/summary.jso
 percent with n and a 95% interval (`specialight.evaluation.intervals`). BBH suites report the unweighted
 mean over tasks (``bbh_cot``) and each task (``bbh_cot/<task>``); ``mas_*`` is the mean of its three parts.
 Prompts longer than the model's context are shortened first (`specialight.evaluation.context`) and
-counted per suite.
+counted per suite. Likelihood suites (``nll_*``, `specialight.evaluation.likelihood`) run beside the
+generation suites: their mean per-token NLL, n and bootstrap interval go to ``nll`` and their per-example
+values to ``<out>/nll.jsonl``.
+
+Under a process group every rank evaluates its share of the examples (``rank::world``); the counts behind
+every score are summed over ranks with torchmetrics and the records gathered, so all ranks return the same
+results and rank zero writes the files (`specialight.evaluation.distributed`).
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from pathlib import Path
 from specialight.data.answers import extract_answer, is_correct
 from specialight.data.formats import newline_separator
 from specialight.evaluation.context import FittedPrompt, context_length, fit_prompt
+from specialight.evaluation.distributed import gather, rank_and_world, sum_counts
 from specialight.evaluation.generation import generate
 from specialight.evaluation.intervals import accuracy_interval, mean_interval
+from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ScoredText, build_texts, summarize, token_nlls
 from specialight.evaluation.suites import COMPOSITES, EvalItem, build_items, expand
 
 logger = logging.getLogger(__name__)
@@ -59,12 +67,27 @@ class EvalSettings:
 
 @dataclass
 class Results:
-    """Per suite: accuracy (%), examples, 95% interval (%, low and high) and prompts shortened to fit."""
+    """Per suite: accuracy (%), examples, 95% interval (%, low and high) and prompts shortened to fit; per
+    likelihood suite ``nll``: ``{mean, n, low, high}`` and ``nll_values``: example id -> mean per-token NLL."""
 
     scores: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     shortened: dict[str, int] = field(default_factory=dict)
+    nll: dict[str, dict[str, float]] = field(default_factory=dict)
+    nll_values: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add_counts(self, suite: str, correct: int, total: int, shortened: int) -> None:
+        """Add a leaf suite from its counts."""
+        self.scores[suite] = 100.0 * correct / total
+        self.counts[suite] = total
+        self.intervals[suite] = accuracy_interval(correct, total)
+        self.shortened[suite] = shortened
+
+    def add_likelihood(self, suite: str, values: dict[str, float]) -> None:
+        """Add a likelihood suite from its per-example NLLs."""
+        self.nll_values[suite] = values
+        self.nll[suite] = summarize(list(values.values()))
 
     def add_mean(self, name: str, parts: list[str]) -> None:
         """Add suite ``name`` as the unweighted mean of ``parts`` (interval of a mean of proportions)."""
@@ -75,47 +98,65 @@ class Results:
 
     def summary(self) -> dict[str, dict]:
         """What ``summary.json`` holds and an evaluation record carries beside its ``scores``."""
-        return {
+        summary: dict[str, dict] = {
             "scores": self.scores,
             "n": self.counts,
             "ci95": {k: [round(v, 2) for v in pair] for k, pair in self.intervals.items()},
             "shortened": self.shortened,
         }
+        if self.nll:
+            summary["nll"] = {k: {f: round(v, 5) for f, v in stats.items()} for k, stats in self.nll.items()}
+        return summary
+
+
+def score_records(items: list[EvalItem], completions: list[str], shortened: list[bool] | None = None) -> list[dict]:
+    """One record per example: id, prompt id, completion, extracted answer, gold, correct, shortened."""
+    flags_shortened = shortened or [False] * len(items)
+    return [
+        {
+            "suite": item.suite,
+            "id": item.id,
+            "prompt_id": item.prompt_id,
+            "completion": completion,
+            "extracted": extract_answer(completion, item.task, item.cot),
+            "gold": item.gold,
+            "correct": is_correct(completion, item.gold, item.task, item.cot),
+            "shortened": cut,
+        }
+        for item, completion, cut in zip(items, completions, flags_shortened, strict=True)
+    ]
+
+
+def count(records: list[dict]) -> dict[str, tuple[int, int, int]]:
+    """``suite -> (correct, total, shortened)`` of per-example records."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for record in records:
+        entry = counts[record["suite"]]
+        entry[0] += bool(record["correct"])
+        entry[1] += 1
+        entry[2] += bool(record["shortened"])
+    return {suite: (c, t, s) for suite, (c, t, s) in counts.items()}
+
+
+def results_from_counts(counts: dict[str, tuple[int, int, int]]) -> Results:
+    """`Results` of leaf suites from their counts, with the BBH means over tasks."""
+    results = Results()
+    for suite, (correct, total, shortened) in counts.items():
+        if total:
+            results.add_counts(suite, correct, total, shortened)
+    for family in ("bbh_ao", "bbh_cot"):
+        tasks = [k for k in results.scores if k.startswith(family + "/")]
+        if tasks:
+            results.add_mean(family, tasks)
+    return results
 
 
 def score(
     items: list[EvalItem], completions: list[str], shortened: list[bool] | None = None
 ) -> tuple[Results, list[dict]]:
     """Accuracy (%), n and interval per suite from completions, and the per-example records."""
-    flags_shortened = shortened or [False] * len(items)
-    records, by_suite = [], defaultdict(list)
-    for item, completion, cut in zip(items, completions, flags_shortened, strict=True):
-        correct = is_correct(completion, item.gold, item.task, item.cot)
-        records.append(
-            {
-                "suite": item.suite,
-                "id": item.id,
-                "prompt_id": item.prompt_id,
-                "completion": completion,
-                "extracted": extract_answer(completion, item.task, item.cot),
-                "gold": item.gold,
-                "correct": correct,
-                "shortened": cut,
-            }
-        )
-        by_suite[item.suite].append((correct, cut))
-    results = Results()
-    for suite, flags in by_suite.items():
-        correct = sum(c for c, _ in flags)
-        results.scores[suite] = 100.0 * correct / len(flags)
-        results.counts[suite] = len(flags)
-        results.intervals[suite] = accuracy_interval(correct, len(flags))
-        results.shortened[suite] = sum(cut for _, cut in flags)
-    for family in ("bbh_ao", "bbh_cot"):
-        tasks = [k for k in by_suite if k.startswith(family + "/")]
-        if tasks:
-            results.add_mean(family, tasks)
-    return results, records
+    records = score_records(items, completions, shortened)
+    return results_from_counts(count(records)), records
 
 
 class Evaluator:
@@ -127,16 +168,18 @@ class Evaluator:
         self.settings = settings
         self.newline = newline_separator(tokenizer)
         self._items: list[EvalItem] | None = None
+        self._texts: list[ScoredText] | None = None
         self._fitted: list[FittedPrompt] | None = None
 
     def items(self) -> list[EvalItem]:
-        """Every prompt of every leaf suite (built once)."""
+        """Every prompt of every leaf generation suite (built once)."""
         if self._items is None:
             s = self.settings
             limits = s.limits or {}
+            generation = [name for name in s.suites if name not in LIKELIHOOD_SUITES]
             self._items = [
                 item
-                for suite in expand(s.suites)
+                for suite in expand(generation)
                 for item in build_items(
                     suite,
                     s.data_dir,
@@ -149,6 +192,21 @@ class Evaluator:
                 )
             ]
         return self._items
+
+    def texts(self) -> list[ScoredText]:
+        """Every reference text of the likelihood suites (built once)."""
+        if self._texts is None:
+            s = self.settings
+            limits = s.limits or {}
+            self._texts = [
+                text
+                for suite in s.suites
+                if suite in LIKELIHOOD_SUITES
+                for text in build_texts(
+                    suite, s.data_dir, self.newline, limits.get(suite, s.limit), s.bbh_tasks, s.prompt_file
+                )
+            ]
+        return self._texts
 
     def fitted(self) -> list[FittedPrompt]:
         """Every item's prompt fitted to the model's context (built once)."""
@@ -171,31 +229,54 @@ class Evaluator:
         out_dir: str | os.PathLike | None = None,
         progress: bool = True,
         context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        kinds: tuple[str, ...] = ("generation", "likelihood"),
     ) -> Results:
-        """Generate, score, write files under ``out_dir`` (when given) and return the results."""
-        items, fitted = self.items(), self.fitted()
-        completions = generate(
-            self.model,
-            self.tokenizer,
-            [f.text for f in fitted],
-            [i.max_new_tokens for i in items],
-            self.settings.batch_size,
-            progress=progress,
-            context=context,
-            description="evaluate",
-            max_prompt_tokens=[f.max_tokens for f in fitted],
-        )
-        results, records = score(items, completions, [f.shortened for f in fitted])
-        for name in self.settings.suites:
-            if name in COMPOSITES:
-                results.add_mean(name, list(COMPOSITES[name]))
-        if out_dir is not None:
+        """Generate and score this rank's share, combine every rank's, write files under ``out_dir`` (rank
+        zero, when given) and return the results. ``kinds`` picks generation and/or likelihood suites."""
+        rank, world = rank_and_world()
+        records: list[dict] = []
+        if "generation" in kinds and self.items():
+            items, fitted = self.items(), self.fitted()
+            mine = range(rank, len(items), world)
+            completions = generate(
+                self.model,
+                self.tokenizer,
+                [fitted[i].text for i in mine],
+                [items[i].max_new_tokens for i in mine],
+                self.settings.batch_size,
+                progress=progress,
+                context=context,
+                description="evaluate",
+                max_prompt_tokens=[fitted[i].max_tokens for i in mine],
+            )
+            local = score_records([items[i] for i in mine], completions, [fitted[i].shortened for i in mine])
+            leaves = list(dict.fromkeys(item.suite for item in items))
+            results = results_from_counts(sum_counts(leaves, count(local)))
+            records = [r for _, r in sorted(gather([(i, r) for i, r in zip(mine, local)]), key=lambda p: p[0])]
+            for name in self.settings.suites:
+                if name in COMPOSITES:
+                    results.add_mean(name, list(COMPOSITES[name]))
+        else:
+            results = Results()
+        if "likelihood" in kinds and self.texts():
+            texts = self.texts()
+            mine = range(rank, len(texts), world)
+            values = token_nlls(
+                self.model, self.tokenizer, [texts[i] for i in mine], self.settings.batch_size, progress, context
+            )
+            everything = gather([(i, v) for i, v in zip(mine, values)])
+            by_suite: dict[str, dict[str, float]] = defaultdict(dict)
+            for index, value in sorted(everything, key=lambda p: p[0]):
+                by_suite[texts[index].suite.split("/", 1)[0]][texts[index].id] = value
+            for suite, suite_values in by_suite.items():
+                results.add_likelihood(suite, suite_values)
+        if out_dir is not None and rank == 0:
             write_results(Path(out_dir), results, records)
         return results
 
 
 def write_results(out: Path, results: Results, records: list[dict]) -> None:
-    """Per-example JSONL per suite family and ``summary.json``."""
+    """Per-example JSONL per suite family, ``nll.jsonl`` (likelihood suites) and ``summary.json``."""
     out.mkdir(parents=True, exist_ok=True)
     by_file = defaultdict(list)
     for record in records:
@@ -203,21 +284,33 @@ def write_results(out: Path, results: Results, records: list[dict]) -> None:
     for name, rows in by_file.items():
         with (out / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if results.nll_values:
+        with (out / "nll.jsonl").open("w", encoding="utf-8") as handle:
+            for suite, values in results.nll_values.items():
+                handle.writelines(json.dumps({"suite": suite, "id": k, "nll": v}) + "\n" for k, v in values.items())
     (out / "summary.json").write_text(json.dumps(results.summary(), indent=2, sort_keys=True))
 
 
 def format_table(results: Results, per_task: bool = False) -> str:
     """A printable table: accuracy, n, 95% interval and prompts shortened per suite (BBH tasks only with
-    ``per_task``)."""
+    ``per_task``), then the likelihood suites' mean NLL, n and interval."""
     names = [n for n in sorted(results.scores) if per_task or "/" not in n]
-    width = max((len(n) for n in names), default=5)
-    lines = [f"{'suite':<{width}}  accuracy %      n  95% interval  shortened"]
+    width = max((len(n) for n in [*names, *results.nll]), default=5)
+    lines = []
+    if names:
+        lines.append(f"{'suite':<{width}}  accuracy %      n  95% interval  shortened")
     for n in names:
         low, high = results.intervals[n]
         lines.append(
             f"{n:<{width}}  {results.scores[n]:10.1f}  {results.counts[n]:5d}  "
             f"{low:5.1f}-{high:5.1f}   {results.shortened[n]:9d}"
         )
+    if results.nll:
+        lines.append(f"{'likelihood suite':<{width}}  NLL/token      n  95% interval")
+        for n, stats in sorted(results.nll.items()):
+            lines.append(
+                f"{n:<{width}}  {stats['mean']:10.3f}  {stats['n']:5d}  {stats['low']:.3f}-{stats['high']:.3f}"
+            )
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from specialight.data.formats import COT_TRIGGER, answer_target, question_prompt, render
 from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
+from specialight.evaluation.generation import context_length
 
 LIKELIHOOD_SUITES = ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context", "nll_bbh_cot", "nll_bbh_ao")
 REFERENCE_COT = "bbh-reference-outputs/code-davinci-002-cot.jsonl"
@@ -117,16 +118,6 @@ def build_texts(
     return texts
 
 
-def context_length(model) -> int | None:
-    """The longest input a model's position embeddings allow, or None (relative positions: T5)."""
-    config = model.config
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 @torch.inference_mode()
 def token_nlls(
     model,
@@ -138,7 +129,7 @@ def token_nlls(
 ) -> list[float]:
     """Each text's mean per-token NLL of its target given its prompt (nats), in the texts' order."""
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    limit = context_length(model)
+    limit = context_length(model.config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pairs = []
     for text in texts:
