@@ -147,7 +147,7 @@ def logged_run(tiny_gpt2_dir, data_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("run")
     evaluation = PeriodicEvaluation(
-        suites=["gsm8k_dev", "mas_dev", "bbh_cot"],
+        suites=["gsm8k_dev", "mas_dev", "bbh_cot", "nll_bbh_ao"],
         every_n_examples=8,
         limit=1,
         bbh_tasks=["navigate"],

@@ -61,6 +61,21 @@ def test_curves_draw_interval_bands_and_read_records_without_intervals(logged_ru
     assert is_png(tmp_path / "old.png")
 
 
+def test_likelihood_suites_get_their_own_panels_with_bands(logged_run, tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from specialight.plots import likelihood_figure
+
+    trainer, evaluation, _ = logged_run
+    assert cli_main(["plot", "--logdir", trainer.log_dir, "--out", str(tmp_path / "c.png")]) == 0
+    assert is_png(tmp_path / "c_likelihood.png")
+    figure = likelihood_figure(load_runs([trainer.log_dir]))
+    assert [axis.get_title() for axis in figure.axes] == ["nll_bbh_ao"]
+    assert any(isinstance(c, PolyCollection) for c in figure.axes[0].collections)
+    means = [line.get_ydata().tolist() for line in figure.axes[0].get_lines()][0]
+    assert means == pytest.approx([r["nll"]["nll_bbh_ao"]["mean"] for r in evaluation.history])
+
+
 def test_plot_without_runs_fails_clearly(tmp_path, capsys):
     assert cli_main(["plot", "--logdir", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "no evaluations.jsonl" in capsys.readouterr().err

@@ -4,7 +4,8 @@ A run is a folder holding ``evaluations.jsonl`` (written by `PeriodicEvaluation`
 it marks the chosen checkpoint). `curves_figure` draws Figure-3-style curves, accuracy on GSM8K, M-A-S,
 BBH answer-only and BBH CoT against examples seen, one line per run; `scaling_figure` draws the
 Figure-2-style trade-off across model sizes: accuracy against parameters (log scale), before and after
-specialization. Each score's 95% interval (``ci95`` beside ``scores`` in a record) is drawn as a band
+specialization; `likelihood_figure` draws the likelihood suites (``nll_*``), one panel each, with their
+bootstrap bands. Each score's 95% interval (``ci95`` beside ``scores`` in a record) is drawn as a band
 (curves) or error bar (scaling); records written before intervals existed are drawn without one.
 """
 
@@ -167,6 +168,34 @@ def _error_bars(records: list[dict[str, Any]], metric: str, values: list[float])
     return [below, above]
 
 
+def likelihood_suites(runs: list[Run]) -> list[str]:
+    """The likelihood suites (``nll_*``) any of the runs evaluated, in name order."""
+    return sorted({suite for run in runs for record in run.records for suite in record.get("nll", {})})
+
+
+def likelihood_figure(runs: list[Run]):
+    """One panel per likelihood suite: mean per-token NLL of its reference text against examples seen."""
+    import matplotlib.pyplot as plt
+
+    suites = likelihood_suites(runs)
+    figure, axes = plt.subplots(1, len(suites), figsize=(4.2 * len(suites), 3.8), squeeze=False)
+    for axis, suite in zip(axes[0], suites):
+        axis.set_title(suite, fontsize=10)
+        axis.set_xlabel("training examples seen")
+        axis.grid(alpha=0.3)
+        for run in runs:
+            points = [(r["examples"], r["nll"][suite]) for r in run.records if suite in r.get("nll", {})]
+            xs = [x for x, _ in points]
+            (line,) = axis.plot(xs, [p["mean"] for _, p in points], marker="o", markersize=3, label=run.name)
+            low, high = [p["low"] for _, p in points], [p["high"] for _, p in points]
+            axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    axes[0][0].set_ylabel("mean NLL per token (nats)")
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle("Likelihood of reference text against training examples seen; bands: 95% bootstrap intervals")
+    figure.tight_layout()
+    return figure
+
+
 def plot_runs(logdirs: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
     """Write the curves to ``out`` and, with runs of several model sizes, the scaling plot beside it."""
     runs = load_runs(logdirs)
@@ -178,4 +207,8 @@ def plot_runs(logdirs: list[str | os.PathLike], out: str | os.PathLike) -> list[
         scaling = out_path.with_name(out_path.stem + "_scaling" + out_path.suffix)
         scaling_figure(runs).savefig(scaling, dpi=120)
         written.append(scaling)
+    if likelihood_suites(runs):
+        likelihood = out_path.with_name(out_path.stem + "_likelihood" + out_path.suffix)
+        likelihood_figure(runs).savefig(likelihood, dpi=120)
+        written.append(likelihood)
     return written
