@@ -32,6 +32,17 @@ def test_closing_table_shows_n_and_intervals():
     assert "gsm8k_dev" not in table  # only the metrics that were evaluated
 
 
+def test_closing_table_adds_the_likelihood_before_after_and_paired_change():
+    first, last = _record(0, 0), _record(30, 2)
+    first["nll"] = {"nll_bbh_cot": {"mean": 0.55, "n": 16, "low": 0.51, "high": 0.59}}
+    last["nll"] = {"nll_bbh_cot": {"mean": 0.666, "n": 16, "low": 0.624, "high": 0.716}}
+    last["nll_change"] = {"nll_bbh_cot": {"mean": 0.116, "n": 16, "low": 0.07, "high": 0.16}}
+    table = closing_table({"first": first, "last": last, "monitor": "eval/mas_dev", "selections": {}})
+    row = next(line for line in table.splitlines() if line.startswith("nll_bbh_cot")).split()
+    assert row == ["nll_bbh_cot", "16", "0.550", "[0.510-0.590]", "0.666", "[0.624-0.716]", "0.116", "[0.070-0.160]"]
+    assert "paired" in table and "bootstrap" in table.splitlines()[-1]
+
+
 def test_closing_table_reads_records_without_intervals():
     old = {"step": 0, "examples": 0, "scores": {"mas_dev": 10.0}}
     table = closing_table({"first": old, "last": old, "monitor": "eval/mas_dev", "selections": {}})

@@ -2,7 +2,8 @@
 
 Runs ``specialight fit --config configs/demo.yaml`` (SmolLM2-135M-Instruct on the gold GSM8K rationales,
 evaluated before training and every 120 examples), draws the curves with ``specialight plot`` and prints
-each metric before training, at the checkpoint selected on M-A-S dev, and at the end.
+each metric before training, at the checkpoint selected on M-A-S dev, and at the end, then the likelihood
+suites before and after with the paired change.
 """
 
 from __future__ import annotations
@@ -43,7 +44,22 @@ def closing_table(selection: dict) -> str:
             cells = " ".join(f"{_cell(r, metric):>18}" for r in (first, chosen, last))
             lines.append(f"{metric:<16} {count:>5} {cells}")
     lines.append("accuracy % [95% interval]; n examples per evaluation")
+    likelihood = sorted(last.get("nll", {}))
+    if likelihood:
+        lines += ["", f"{'likelihood':<24} {'n':>4} {'before':>22} {'end':>22} {'change (paired)':>24}"]
+        for suite in likelihood:
+            change = last.get("nll_change", {}).get(suite)
+            cells = [_nll_cell(r.get("nll", {}).get(suite)) for r in (first, last)] + [_nll_cell(change)]
+            lines.append(f"{suite:<24} {last['nll'][suite]['n']:>4} " + " ".join(f"{c:>22}" for c in cells))
+        lines.append("mean NLL per token of reference text [95% bootstrap interval]; change: end minus before")
     return "\n".join(lines)
+
+
+def _nll_cell(stats: dict | None) -> str:
+    """``"1.250 [1.188-1.311]"``: a likelihood summary with its interval."""
+    if not stats:
+        return "-"
+    return f"{stats['mean']:.3f} [{stats['low']:.3f}-{stats['high']:.3f}]"
 
 
 def main(argv: list[str] | None = None) -> int:
