@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +26,21 @@ class RecordSteps(L.Callback):
         }
         with (self.out / f"rank{trainer.global_rank}.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+class StopAt(L.Callback):
+    """At the end of optimizer step ``step``: SIGKILL this very process (``how="kill"``, a crash nothing can
+    catch) or raise ``RuntimeError`` (``how="raise"``)."""
+
+    def __init__(self, step: int, how: str = "kill") -> None:
+        self.step = step
+        self.how = how
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"stopped at step {self.step}")
 
 
 def read_steps(out: str | Path, rank: int = 0) -> list[dict]:
