@@ -9,6 +9,8 @@ from pathlib import Path
 
 import lightning as L
 
+from specialight.losses import SampleMatching
+
 
 class RecordSteps(L.Callback):
     """Append ``{"rank", "step", "units", "loss"}`` per training batch to ``<out>/rank<r>.jsonl``."""
@@ -86,3 +88,15 @@ def align_and_fit(samples: Path, out: Path, student_dir: Path, data_dir: Path, s
     trainer = quiet_trainer(steps)
     trainer.fit(SpecializationModule(str(student_dir), loss=DistributionMatching()), datamodule)
     return summary, trainer
+
+
+class ScaledSampleMatching(SampleMatching):
+    """A loss plugin with init args of its own (to test that checkpoints keep them all)."""
+
+    def __init__(self, scale: float = 1.0, note: str = "", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scale = scale
+        self.note = note
+
+    def per_token(self, logits, batch, labels):
+        return self.scale * super().per_token(logits, batch, labels)

@@ -123,3 +123,37 @@ def test_export_refuses_to_overwrite_unless_asked(logged_run, tmp_path, capsys):
     assert cli_main([*args, "--overwrite"]) == 0
     assert not (tmp_path / "model" / "keep.txt").exists() and (tmp_path / "model" / "config.json").is_file()
     assert cli_main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_checkpoints_rebuild_a_loss_plugin_with_all_its_init_args(tiny_gpt2_dir, data_dir, tmp_path):
+    from specialight.data.datamodule import SpecializationDataModule
+    from tests.helpers import ScaledSampleMatching, quiet_trainer
+
+    loss = ScaledSampleMatching(scale=0.25, note="kept")
+    trainer = quiet_trainer(1)
+    datamodule = SpecializationDataModule(str(tiny_gpt2_dir), data_dir=str(data_dir), limit=2, batch_size=2)
+    trainer.fit(SpecializationModule(str(tiny_gpt2_dir), loss=loss), datamodule)
+    trainer.save_checkpoint(tmp_path / "python.ckpt")
+    reloaded = SpecializationModule.load_from_checkpoint(tmp_path / "python.ckpt").loss
+    assert type(reloaded) is ScaledSampleMatching and (reloaded.scale, reloaded.note) == (0.25, "kept")
+
+    # through the CLI the same, by LightningCLI's own record of the config
+    cli = run_lightning_cli(
+        [
+            "fit",
+            f"--model.model_name_or_path={tiny_gpt2_dir}",
+            "--model.loss=tests.helpers.ScaledSampleMatching",
+            "--model.loss.scale=0.5",
+            "--model.loss.note=from the cli",
+            f"--data.data_dir={data_dir}",
+            "--data.limit=2",
+            "--trainer.max_steps=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.limit_val_batches=0",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        ]
+    )
+    last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    reloaded = SpecializationModule.load_from_checkpoint(last).loss
+    assert type(reloaded) is ScaledSampleMatching and (reloaded.scale, reloaded.note) == (0.5, "from the cli")
