@@ -14,6 +14,7 @@ own run folder (TensorBoard or CSV logger), so its ``evaluations.jsonl``, ``best
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from specialight.data.datamodule import SpecializationDataModule
 from specialight.module import SpecializationModule
@@ -30,7 +32,7 @@ from specialight.module import SpecializationModule
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_N_STEPS = 100
-FOLDER_LOGGERS = ("lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger")
+_TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -67,6 +69,15 @@ def search_roots(trainer: Namespace) -> list[str]:
         if isinstance(spec, Namespace) and spec.get("init_args") and spec.init_args.get("save_dir"):
             roots.append(str(spec.init_args.save_dir))
     return list(dict.fromkeys(roots))
+
+
+def _keeps_folders(class_path: str | None) -> bool:
+    """Whether a logger class writes to ``<save_dir>/<name>/<version>`` (TensorBoard, CSV, their subclasses)."""
+    if not class_path:
+        return False
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    return isinstance(cls, type) and issubclass(cls, (TensorBoardLogger, CSVLogger))
 
 
 def run_folder(ckpt: Path) -> Path:
@@ -120,9 +131,11 @@ class SpecializationCLI(LightningCLI):
         trainer = self.config["fit"]["trainer"]
         root_dir = Path(trainer.get("default_root_dir") or ".")
         given = trainer.get("logger")
+        if given is False:  # no logger: the run's files are in default_root_dir already
+            return
         if given is None or given is True:
-            spec = {"class_path": FOLDER_LOGGERS[0], "init_args": {"save_dir": str(root_dir), "name": "lightning_logs"}}
-        elif isinstance(given, Namespace) and given.get("class_path") in FOLDER_LOGGERS:
+            spec = {"class_path": _TENSORBOARD, "init_args": {"save_dir": str(root_dir), "name": "lightning_logs"}}
+        elif isinstance(given, Namespace) and _keeps_folders(given.get("class_path")):
             spec = given.as_dict()
         else:
             logger.warning("resuming with logger %s: its files go to a new folder, not %s", given, run)
