@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
+
+from specialight.losses import SampleMatching
 
 
 class RecordSteps(L.Callback):
@@ -24,6 +28,21 @@ class RecordSteps(L.Callback):
         }
         with (self.out / f"rank{trainer.global_rank}.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+class StopAt(L.Callback):
+    """At the end of optimizer step ``step``: SIGKILL this very process (``how="kill"``, a crash nothing can
+    catch) or raise ``RuntimeError`` (``how="raise"``)."""
+
+    def __init__(self, step: int, how: str = "kill") -> None:
+        self.step = step
+        self.how = how
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"stopped at step {self.step}")
 
 
 def read_steps(out: str | Path, rank: int = 0) -> list[dict]:
@@ -69,3 +88,15 @@ def align_and_fit(samples: Path, out: Path, student_dir: Path, data_dir: Path, s
     trainer = quiet_trainer(steps)
     trainer.fit(SpecializationModule(str(student_dir), loss=DistributionMatching()), datamodule)
     return summary, trainer
+
+
+class ScaledSampleMatching(SampleMatching):
+    """A loss plugin with init args of its own (to test that checkpoints keep them all)."""
+
+    def __init__(self, scale: float = 1.0, note: str = "", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scale = scale
+        self.note = note
+
+    def per_token(self, logits, batch, labels):
+        return self.scale * super().per_token(logits, batch, labels)

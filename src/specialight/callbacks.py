@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from specialight.evaluation.evaluator import EvalSettings, Evaluator
 
@@ -36,10 +37,21 @@ EVALUATIONS_FILE = "evaluations.jsonl"
 
 
 def log_dir(trainer: L.Trainer) -> Path:
-    """Where a run writes its files: the logger's folder, else the trainer's root folder.
+    """Where a run writes its files, the folder of Lightning's own checkpoints: a TensorBoard or CSV logger's
+    ``log_dir``; for another logger (W&B, MLflow, ...) ``<save_dir or default_root_dir>/<name>/<version>``;
+    without a logger the trainer's ``default_root_dir``.
 
-    ``trainer.log_dir`` is a collective under DDP (rank zero broadcasts it): call this on every rank."""
-    folder = Path((trainer.log_dir if trainer.logger is not None else None) or trainer.default_root_dir)
+    A collective under DDP (rank zero's folder is broadcast): call this on every rank."""
+    run_logger = trainer.logger
+    if run_logger is None:
+        folder = Path(trainer.default_root_dir)
+    elif isinstance(run_logger, (TensorBoardLogger, CSVLogger)):
+        folder = Path(run_logger.log_dir)
+    else:
+        version = run_logger.version
+        version = version if isinstance(version, str) else f"version_{version}"
+        folder = Path(run_logger.save_dir or trainer.default_root_dir) / str(run_logger.name) / version
+    folder = Path(trainer.strategy.broadcast(str(folder), src=0))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -172,6 +184,13 @@ class PeriodicEvaluation(L.Callback):
         return record
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = log_dir(trainer)
+        if trainer.is_global_zero:
+            # the file holds what the (restored) history holds: a run resumed from a checkpoint older than its
+            # last evaluations would otherwise write those evaluations twice
+            lines = "".join(json.dumps(record) + "\n" for record in self.history)
+            if lines or (folder / EVALUATIONS_FILE).exists():
+                (folder / EVALUATIONS_FILE).write_text(lines)
         if self.before_training and trainer.global_step == 0 and not self.history:
             self.evaluate(trainer, pl_module)
 

@@ -5,7 +5,8 @@
     specialight evaluate --model PATH --suites gsm8k_dev,bbh_cot --out DIR
     specialight plot     --logdir RUN [--logdir RUN2 …] --out FILE.png
     specialight distill  --teacher openai:MODEL --base-url URL --out DIR
-    specialight fit      --config configs/demo.yaml
+    specialight fit      --config configs/demo.yaml [--ckpt_path last]
+    specialight export   --ckpt RUN/best.ckpt --out DIR
 
 The data-stage commands use argparse (dash-separated options, repeatable flags); training goes through
 LightningCLI so every run is a config (`--print_config`).
@@ -62,7 +63,7 @@ def cli_main(args: Sequence[str] | None = None) -> int:
     parsed = build_parser().parse_args(argv)
     try:
         return parsed.run(parsed)
-    except (DataError, FileNotFoundError, TeacherError) as err:
+    except (DataError, FileNotFoundError, FileExistsError, TeacherError) as err:
         sys.stderr.write(f"specialight {parsed.command}: error: {err}\n")
         return 2
 

@@ -249,6 +249,28 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0 if rows[-1][1] <= args.device_memory else 1
 
 
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``specialight export``."""
+    parser.add_argument("--ckpt", required=True, help="a checkpoint of `specialight fit` (e.g. RUN/best.ckpt)")
+    parser.add_argument("--out", required=True, help="the transformers model folder to write")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="weights' dtype in the folder (default: as trained)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write a checkpoint's student as a transformers folder with a model card."""
+    from specialight.export import export_checkpoint
+
+    out = export_checkpoint(args.ckpt, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    sys.stdout.write(f"wrote {out}\n")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "data": ("print every task and split with its count", add_data_dir, run_data),
     "align": (
@@ -259,6 +281,11 @@ COMMANDS: dict[str, Command] = {
     "evaluate": ("evaluate a model or checkpoint on benchmark suites", add_evaluate_arguments, run_evaluate),
     "plot": ("draw the specialization curves from logged runs", add_plot_arguments, run_plot),
     "plan": ("print the memory one rank needs for a training config", add_plan_arguments, run_plan),
+    "export": (
+        "write a checkpoint's student as a transformers folder with a model card",
+        add_export_arguments,
+        run_export,
+    ),
     "distill": (
         "sample teacher chains of thought with top-k log-probs, resumably",
         add_distill_arguments,

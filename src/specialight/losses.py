@@ -9,6 +9,10 @@ batch has them: ``batch["topk_ids"]`` ``[B, T, k]`` and ``batch["topk_probs"]`` 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -28,7 +32,20 @@ def _token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
 
 
 class SpecializationLoss(nn.Module):
-    """Base class of loss plugins: masking of ignored positions lives here, once."""
+    """Base class of loss plugins: masking of ignored positions lives here, once.
+
+    Every plugin remembers the arguments it was built with (`init_args`), so a checkpoint rebuilds the
+    same plugin whatever its ``__init__`` takes."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__dict__["__init__"])
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        """The arguments of the outermost ``__init__`` call, defaults filled in (empty when it takes none)."""
+        return dict(self.__dict__.get("_init_args") or {})
 
     def forward(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
         labels = batch["labels"]
@@ -43,6 +60,31 @@ class SpecializationLoss(nn.Module):
     def needs_teacher_distributions(self) -> bool:
         """Whether batches must carry ``topk_ids``/``topk_probs``."""
         return False
+
+
+def _recording_init(init):
+    """Wrap a plugin's ``__init__`` so the outermost call (the class actually built) records its arguments."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording_init(self, *args: Any, **kwargs: Any) -> None:
+        outermost = "_init_args" not in self.__dict__
+        if outermost:
+            self.__dict__["_init_args"] = None  # marks the call in progress: a super().__init__ records nothing
+        init(self, *args, **kwargs)
+        if outermost:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded: dict[str, Any] = {}
+            for name, value in list(bound.arguments.items())[1:]:
+                kind = signature.parameters[name].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(value)
+                elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                    recorded[name] = value
+            self.__dict__["_init_args"] = recorded
+
+    return recording_init
 
 
 class SampleMatching(SpecializationLoss):

@@ -19,6 +19,8 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,8 +54,32 @@ def packaged_gguf(hub_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def build_once(out: Path, build: Callable[[Path], None], timeout: float = 3600.0) -> Path:
+    """Build the folder ``out`` once, however many processes (DDP ranks, parallel jobs) ask at the same time.
+
+    The process that takes ``<out>.lock`` first calls ``build`` on a folder of its own and renames it to
+    ``out`` whole; the others wait for the lock, then find ``out`` and reuse it. A crashed builder leaves only
+    its private folder behind, which the next builder removes."""
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out}.lock", timeout=timeout):
+        if out.is_dir():
+            return out
+        for stale in out.parent.glob(f"{out.name}.partial*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+        build(partial)
+        partial.rename(out)
+    return out
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
-    """Dequantize a GGUF checkpoint to a safetensors model folder (model + tokenizer) at ``out``."""
+    """Dequantize a GGUF checkpoint to a safetensors model folder (model + tokenizer) at ``out``, once."""
+    return build_once(out, lambda folder: _dequantize(gguf, folder))
+
+
+def _dequantize(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.info("converting %s to safetensors at %s (once; ~20 s)", gguf.name, out)
@@ -67,11 +93,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    partial = out.with_name(out.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(out)
-    return out
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -99,7 +122,6 @@ def resolve_model(name_or_path: str) -> str:
             return snapshot_download(hub_id)
         except Exception as err:  # network errors come in many types; the GGUF is the fallback
             logger.warning("could not reach the hub for %s (%s); using the packaged GGUF", hub_id, err)
-    converted.parent.mkdir(parents=True, exist_ok=True)
     return str(convert_gguf(gguf, converted))
 
 

@@ -25,12 +25,22 @@ from specialight.models import is_encoder_decoder, load_student
 
 
 def loss_spec(loss: SpecializationLoss) -> dict[str, Any]:
-    """A loss plugin as ``{"class_path", "init_args"}`` (what a checkpoint stores)."""
-    # a lazy_instance default is a generated subclass: name the plugin class it stands for
-    lazy = ("_LazyInitBaseClass",)
-    cls = next(c for c in type(loss).__mro__ if c.__name__ not in lazy and not c.__name__.startswith("LazyInstance_"))
-    init_args = {"formats": list(loss.formats)} if hasattr(loss, "formats") else {}
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+    """A loss plugin as ``{"class_path", "init_args"}`` with every argument it was built with (what a
+    checkpoint stores; `build_loss` rebuilds the same plugin from it)."""
+    if hasattr(loss, "lazy_get_init_data"):  # a jsonargparse lazy_instance default: its own record
+        data = loss.lazy_get_init_data().as_dict()
+        return {"class_path": data["class_path"], "init_args": _plain(data.get("init_args", {}))}
+    cls = type(loss)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": _plain(loss.init_args)}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively, so a spec reads back the same from YAML (hparams.yaml, configs)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def build_loss(spec: SpecializationLoss | dict[str, Any]) -> SpecializationLoss:

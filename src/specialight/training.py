@@ -2,16 +2,87 @@
 
 The data module's student is linked to the module's (``model.model_name_or_path``), the trainer logs to
 TensorBoard under ``runs/`` by default, and the parsed config travels inside every checkpoint.
+
+Resuming after a crash: unless a config turns checkpointing off (``trainer.enable_checkpointing: false``)
+or brings its own ``ModelCheckpoint``, ``fit`` keeps ``<run>/checkpoints/last.ckpt``, written every
+``checkpoint_every_n_steps`` optimizer steps, when training raises and when it ends. ``fit --ckpt_path
+last`` picks the newest ``last.ckpt`` under ``trainer.default_root_dir`` or the logger's ``save_dir`` (a
+fresh start, with a warning, when there is none), and a resumed run goes on writing in the checkpoint's
+own run folder (TensorBoard or CSV logger), so its ``evaluations.jsonl``, ``best.ckpt`` and
+``selection.md`` continue where they were.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import lightning as L
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from specialight.data.datamodule import SpecializationDataModule
 from specialight.module import SpecializationModule
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY_N_STEPS = 100
+_TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` keeping only ``<run>/checkpoints/last.ckpt``, overwritten in place: every
+    ``every_n_train_steps`` optimizer steps, when training raises, and when it ends (best.ckpt is
+    `ModelSelection`'s)."""
+
+    def __init__(self, every_n_train_steps: int) -> None:
+        super().__init__(
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=every_n_train_steps,
+            save_on_exception=True,
+            enable_version_counter=False,
+        )
+        self.every = every_n_train_steps
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step % self.every or not self.last_model_path:
+            trainer.save_checkpoint(self.last_model_path or Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}.ckpt")
+
+
+def find_resumable(root: str | Path) -> Path | None:
+    """The newest ``last.ckpt`` under ``root``, or ``None``."""
+    found = [path for path in Path(root).rglob("last.ckpt") if path.is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+def search_roots(trainer: Namespace) -> list[str]:
+    """Where a trainer config's runs live: ``default_root_dir`` and each logger's ``save_dir``."""
+    roots = [str(trainer.get("default_root_dir") or ".")]
+    given = trainer.get("logger")
+    for spec in given if isinstance(given, list) else [given]:
+        if isinstance(spec, Namespace) and spec.get("init_args") and spec.init_args.get("save_dir"):
+            roots.append(str(spec.init_args.save_dir))
+    return list(dict.fromkeys(roots))
+
+
+def _keeps_folders(class_path: str | None) -> bool:
+    """Whether a logger class writes to ``<save_dir>/<name>/<version>`` (TensorBoard, CSV, their subclasses)."""
+    if not class_path:
+        return False
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    return isinstance(cls, type) and issubclass(cls, (TensorBoardLogger, CSVLogger))
+
+
+def run_folder(ckpt: Path) -> Path:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/last.ckpt`` or ``<run>/best.ckpt``)."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
 class SpecializationCLI(LightningCLI):
@@ -21,8 +92,30 @@ class SpecializationCLI(LightningCLI):
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
         # the data module shards batches across ranks itself (FormatBatchSampler)
         parser.set_defaults({"trainer.use_distributed_sampler": False, "trainer.default_root_dir": "runs"})
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=CHECKPOINT_EVERY_N_STEPS,
+            help="fit keeps <run>/checkpoints/last.ckpt every N optimizer steps, on exception and at the end "
+            "(0: Lightning's default checkpointing instead; trainer.enable_checkpointing: false: none)",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # before LightningCLI reads the checkpoint's hyperparameters, which it does for a path only
+        config = self.config.get(self.config.get("subcommand") or "", self.config)
+        if config.get("ckpt_path") == "last":
+            roots = search_roots(config["trainer"])
+            found = max(filter(None, map(find_resumable, roots)), key=lambda p: p.stat().st_mtime, default=None)
+            if found is None:
+                logger.warning("--ckpt_path last: no last.ckpt under %s; starting from scratch", " or ".join(roots))
+            else:
+                logger.info("--ckpt_path last: resuming from %s", found)
+            config["ckpt_path"] = str(found) if found else None
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit" and self.config["fit"].get("ckpt_path"):
+            self._continue_in(run_folder(Path(self.config["fit"]["ckpt_path"])))
         self._run_config = (
             self.parser.dump(self.config, skip_none=False)
             if self.subcommand is None
@@ -33,9 +126,43 @@ class SpecializationCLI(LightningCLI):
             )
         )
 
+    def _continue_in(self, run: Path) -> None:
+        """Point a TensorBoard or CSV logger (or Lightning's default one) at the resumed run's folder."""
+        trainer = self.config["fit"]["trainer"]
+        root_dir = Path(trainer.get("default_root_dir") or ".")
+        given = trainer.get("logger")
+        if given is False:  # no logger: the run's files are in default_root_dir already
+            return
+        if given is None or given is True:
+            spec = {"class_path": _TENSORBOARD, "init_args": {"save_dir": str(root_dir), "name": "lightning_logs"}}
+        elif isinstance(given, Namespace) and _keeps_folders(given.get("class_path")):
+            spec = given.as_dict()
+        else:
+            logger.warning("resuming with logger %s: its files go to a new folder, not %s", given, run)
+            return
+        init = spec["init_args"]
+        parent = Path(init.get("save_dir") or root_dir) / (init.get("name") or "")
+        if parent.resolve() != run.parent.resolve():
+            logger.warning("the checkpoint's run folder %s is not under the logger's %s: a new folder", run, parent)
+            return
+        init["version"] = run.name
+        self.config = self.parser.parse_object({"fit": {"trainer": {"logger": spec}}}, self.config)
+
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         self.model.run_config = {"yaml": self._run_config}
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer; when fitting, with `LastCheckpoint` unless the config brings a ``ModelCheckpoint``."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config["trainer"]
+        if self.subcommand == "fit" and trainer.get("enable_checkpointing") is not False:
+            callbacks = list(kwargs.get("callbacks", trainer.get("callbacks") or []))
+            every = config.get("checkpoint_every_n_steps") or 0
+            if every > 0 and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+                callbacks.append(LastCheckpoint(every))
+            kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
 
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> SpecializationCLI:
