@@ -101,11 +101,12 @@ def layout_spaces(student_surfaces: list[str], separator: str | None) -> np.ndar
         flags[0] = True
     if separator is not None:
         mark = separator.strip()
-        text = ""
+        last = ""  # the text so far up to its last non-blank piece, trailing blanks dropped
         for position, piece in enumerate(student_surfaces):
-            if position and text.rstrip().endswith(mark):
+            if position and last.endswith(mark):
                 flags[position] = True
-            text += piece
+            if piece.strip():
+                last = (last + piece).rstrip()[-len(mark) :]
     return flags
 
 
