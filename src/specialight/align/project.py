@@ -19,7 +19,6 @@ log-probs and never builds a dense vocabulary.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +93,14 @@ def same_token(teacher: str, student: str, layout_space: bool = False) -> bool:
     return teacher == student or (layout_space and student.startswith(" ") and teacher == student[1:])
 
 
+def _mark_different(kind: np.ndarray, position: int, teacher: str, student: str, layout_space: bool) -> bool:
+    """`same_token`, recording `DIFFERENT` in ``kind`` where the tokens differ."""
+    if same_token(teacher, student, layout_space):
+        return True
+    kind[position] = DIFFERENT
+    return False
+
+
 def layout_spaces(student_surfaces: list[str], separator: str | None) -> np.ndarray:
     """``[length]``: True at the first student token and, with a newline stand-in, at the token after it."""
     flags = np.zeros(len(student_surfaces), dtype=bool)
@@ -154,30 +161,52 @@ def project(
     kind = np.full(length, NOT_ONE_TO_ONE, dtype=np.int8)
     added = np.zeros(length, dtype=bool)
     layout = np.zeros(length, dtype=bool) if layout_space is None else layout_space
-    lookup = vocabulary.lookup
-    for t, s in zip(*(a.tolist() for a in _one_to_one(path, len(teacher_surfaces), length))):
-        if not same_token(teacher_surfaces[t], student_surfaces[s], bool(layout[s])):
-            kind[s] = DIFFERENT
-            continue
-        # where the student's leading blank is layout, the teacher's alternatives take it too, as the
-        # student would write them there ("So" at the start of a line is " So" to T5)
-        shifted = teacher_surfaces[t] != student_surfaces[s]
-        mass: dict[int, float] = {}
-        for name, value in zip(teacher_top_tokens[t][:k], teacher_top_logprobs[t][:k]):
-            index = lookup(" " + name.lstrip(" ") if shifted else name)
-            if index >= 0:
-                mass[index] = mass.get(index, 0.0) + math.exp(value)
-        ranked = sorted(mass.items(), key=lambda item: -item[1])[:k]
-        if int(own[s]) not in mass:
-            if token_logprobs is None:
-                kind[s] = UNKNOWN_SAMPLED
-                continue
-            ranked.append((int(own[s]), math.exp(token_logprobs[t])))
-            added[s] = True
-        total = sum(p for _, p in ranked)
-        scale = 1.0 / total if tail == "renormalize" and total > 0 else 1.0
-        ids[s, : len(ranked)] = [i for i, _ in ranked]
-        probs[s] = 0.0
-        probs[s, : len(ranked)] = [p * scale for _, p in ranked]
-        kind[s] = TEACHER
+    pairs = [
+        (t, s)
+        for t, s in zip(*(a.tolist() for a in _one_to_one(path, len(teacher_surfaces), length)))
+        if _mark_different(kind, s, teacher_surfaces[t], student_surfaces[s], bool(layout[s]))
+    ]
+    if not pairs:
+        return StudentTargets(input_ids=own, ids=ids, probs=probs, kind=kind, added=added)
+    teacher, student = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
+    # where the student's leading blank is layout, the teacher's alternatives take it too, as the student
+    # would write them there ("So" at the start of a line is " So" to T5)
+    shifted = [teacher_surfaces[t] != student_surfaces[s] for t, s in pairs]
+    names = {(name, shift) for (t, _), shift in zip(pairs, shifted) for name in teacher_top_tokens[t][:k]}
+    lookup = {key: vocabulary.lookup(" " + key[0].lstrip(" ") if key[1] else key[0]) for key in names}
+    mapped = np.full((len(pairs), k), -1, dtype=np.int64)
+    mass = np.zeros((len(pairs), k), dtype=np.float64)
+    for row, ((t, _), shift) in enumerate(zip(pairs, shifted)):
+        top = teacher_top_tokens[t][:k]
+        mapped[row, : len(top)] = [lookup[(name, shift)] for name in top]
+        mass[row, : len(top)] = teacher_top_logprobs[t][: len(top)]
+    mass = np.where(mapped >= 0, np.exp(mass), 0.0)
+    # two teacher tokens with one student counterpart: the later one's mass joins the first
+    for column in range(1, k):
+        earlier = mapped[:, :column] == mapped[:, column : column + 1]
+        rows = np.nonzero(earlier.any(axis=1) & (mapped[:, column] >= 0))[0]
+        first = earlier.argmax(axis=1)
+        mass[rows, first[rows]] += mass[rows, column]
+        mass[rows, column] = 0.0
+        mapped[rows, column] = -1
+    mine = own[student]
+    has_own = (mapped == mine[:, None]).any(axis=1)
+    if token_logprobs is None:
+        kind[student[~has_own]] = UNKNOWN_SAMPLED
+        keep = has_own
+        own_mass = np.zeros(len(pairs))
+    else:
+        keep = np.ones(len(pairs), dtype=bool)
+        own_mass = np.where(has_own, 0.0, np.exp(np.asarray(token_logprobs, dtype=np.float64)[teacher]))
+    order = np.argsort(-mass, axis=1, kind="stable")
+    top_mass = np.concatenate([np.take_along_axis(mass, order, axis=1), own_mass[:, None]], axis=1)
+    top_ids = np.concatenate([np.take_along_axis(mapped, order, axis=1), mine[:, None]], axis=1)
+    top_ids = np.where(top_mass > 0, top_ids, mine[:, None])
+    if tail == "renormalize":
+        top_mass = top_mass / top_mass.sum(axis=1, keepdims=True)
+    rows = student[keep]
+    ids[rows] = top_ids[keep]
+    probs[rows] = top_mass[keep]
+    kind[rows] = TEACHER
+    added[rows] = ~has_own[keep]
     return StudentTargets(input_ids=own, ids=ids, probs=probs, kind=kind, added=added)
