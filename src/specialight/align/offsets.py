@@ -7,13 +7,13 @@ both sides, the two pair with each other), so the result is a path of the same
 shape as the dynamic program's: from (0, 0) to (n-1, m-1), each step advancing one side, the other, or
 both by one.
 
-Leading and trailing whitespace of the whole text is left out (T5 adds a leading space GPT-2 lacks; a
-teacher's sample may end in a newline the student's text does not keep). With ``separator`` (the newline
-stand-in of a tokenizer that cannot encode a newline, `specialight.data.formats.render`) the source is
-compared as the student sees it: each run of newlines (with the blanks around it) reads as the stand-in,
-whose text up to its last character belongs to the token holding the run's first newline and whose
-trailing blank belongs to the token after the run, so ``"\\n"`` pairs with ``" |"`` and ``"She"`` with
-``" She"``.
+Leading and trailing whitespace of the whole text counts only as far as both sides have it (T5 adds a
+leading space GPT-2 lacks; a teacher's sample may end in a newline the student's text does not keep).
+With ``separator`` (the newline stand-in of a tokenizer that cannot encode a newline,
+`specialight.data.formats.render`) the source is compared as the student sees it: each run of newlines
+(with the blanks around it) reads as the stand-in, whose text up to its last character belongs to the
+token holding the run's first newline and whose trailing blank belongs to the token after the run, so
+``"\\n"`` pairs with ``" |"`` and ``"She"`` with ``" She"``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,15 @@ from specialight.data.formats import NEWLINES
 
 
 def text_owners(surfaces: list[str], separator: str | None = None) -> tuple[str, np.ndarray]:
-    """The text a surface sequence spells (trailing whitespace dropped; with ``separator``, leading
-    whitespace dropped too and newlines rendered) and, for each of its characters, the token holding it."""
+    """The text a surface sequence spells and, for each of its characters, the token holding it. With
+    ``separator`` the text is read as the student sees it: stripped, its newlines rendered."""
     lengths = np.array([len(s) for s in surfaces], dtype=np.int64)
     text = "".join(surfaces)
     owners = np.repeat(np.arange(lengths.shape[0]), lengths)
-    start = len(text) - len(text.lstrip()) if separator is not None else 0
-    end = len(text.rstrip())
-    text, owners = text[start:end], owners[start:end]
     if separator is None:
         return text, owners
+    start, end = len(text) - len(text.lstrip()), len(text.rstrip())
+    text, owners = text[start:end], owners[start:end]
     pieces: list[str] = []
     held: list[np.ndarray] = []
     last = 0
@@ -54,18 +53,26 @@ def text_owners(surfaces: list[str], separator: str | None = None) -> tuple[str,
 def _shared_text(
     source: list[str], target: list[str], separator: str | None
 ) -> tuple[str, np.ndarray, str, np.ndarray]:
-    """Both texts with their owners, leading whitespace evened out: the longer run loses its extra
-    characters at the front (T5's added leading blank), or both lose theirs where the runs differ."""
+    """Both texts with their owners, leading and trailing whitespace evened out: where one side's run is
+    the other's with more blanks (T5's added leading blank), the longer loses its extra characters on the
+    outside; where the runs differ otherwise, both lose theirs."""
     a, a_owners = text_owners(source, separator)
     b, b_owners = text_owners(target)
     lead_a, lead_b = len(a) - len(a.lstrip()), len(b) - len(b.lstrip())
     if a[:lead_a].endswith(b[:lead_b]):
-        cut_a, cut_b = lead_a - lead_b, 0
+        start_a, start_b = lead_a - lead_b, 0
     elif b[:lead_b].endswith(a[:lead_a]):
-        cut_a, cut_b = 0, lead_b - lead_a
+        start_a, start_b = 0, lead_b - lead_a
     else:
-        cut_a, cut_b = lead_a, lead_b
-    return a[cut_a:], a_owners[cut_a:], b[cut_b:], b_owners[cut_b:]
+        start_a, start_b = lead_a, lead_b
+    end_a, end_b = len(a.rstrip()), len(b.rstrip())
+    if a[end_a:].startswith(b[end_b:]):
+        end_a += len(b) - end_b
+        end_b = len(b)
+    elif b[end_b:].startswith(a[end_a:]):
+        end_b += len(a) - end_a
+        end_a = len(a)
+    return a[start_a:end_a], a_owners[start_a:end_a], b[start_b:end_b], b_owners[start_b:end_b]
 
 
 def common_text(source: list[str], target: list[str], separator: str | None = None) -> bool:
