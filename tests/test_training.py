@@ -92,7 +92,7 @@ def test_aligned_targets_feed_their_exact_tokens(tiny_t5_dir, data_dir, aligned_
     row = load_targets(aligned_t5)[0]
     example = dm.encode(dm.dataset.items[0], "zero_shot_cot")
     assert example["labels"][:-1] == row["input_ids"][: len(example["labels"]) - 1]
-    assert example["topk_ids"].shape == (len(example["labels"]), 5)
+    assert example["topk_ids"].shape == (len(example["labels"]), row["target_width"]) == (len(example["labels"]), 6)
     assert (example["topk_probs"].sum(-1) <= 1 + 1e-5).all()
     answer_only = dm.encode(dm.dataset.items[0], "zero_shot_answer_only")
     assert (answer_only["topk_probs"][:, 0] == 1).all()  # answer-only: one-hot on its own tokens

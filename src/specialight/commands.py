@@ -66,7 +66,12 @@ def add_align_arguments(parser: argparse.ArgumentParser) -> None:
         default="zero",
         help="mass outside the top-k: zero (the paper) or renormalize",
     )
-    parser.add_argument("--max-length", type=int, default=512, help="drop samples with more student tokens")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=255,
+        help="drop samples with more student tokens (255: the data module's max_target_length of 256 less EOS)",
+    )
     parser.add_argument("--only-correct", action="store_true", help="keep only samples whose answer is correct")
 
 

@@ -3,7 +3,8 @@
 The student is an encoder-decoder (T5/FlanT5) or a decoder-only model, loaded by `specialight.models`.
 The loss is a plugin (`specialight.losses`) chosen by ``class_path``; checkpoints store it as
 ``{"class_path", "init_args"}`` so ``load_from_checkpoint`` rebuilds the same plugin. AdamW with a linear
-warm-up and a cosine decay over the run's optimizer steps (the paper: lr 5e-4, cosine).
+warm-up and a cosine decay, over the run's optimizer steps or over a horizon of ``cosine_horizon`` epochs'
+worth of batches (the authors: lr 5e-4, 10 warm-up steps, a cosine spanning ten epochs' batches).
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ class SpecializationModule(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup: warm-up steps (>= 1) or a fraction of all optimizer steps (< 1).
         min_lr_ratio: the cosine decays to ``learning_rate * min_lr_ratio``.
+        cosine_horizon: None: the cosine reaches its floor at the run's last optimizer step; a number n: it
+            reaches it after n times one epoch's training batches, counted in optimizer steps (the authors'
+            ``get_cosine_schedule_with_warmup(num_training_steps=10 * len(train_batches))`` with
+            ``len(train_batches)`` the micro-batches of one epoch: n = 10, so over 2-3 epochs the rate stays
+            near its peak).
         gradient_checkpointing: trade compute for activation memory (per transformer block).
         shard_param_dtype: under `ModelParallelStrategy`, the dtype sharded blocks compute in (``bfloat16``;
             gradients are reduced in fp32; ``null`` keeps fp32). Ignored without a device mesh.
@@ -80,10 +86,13 @@ class SpecializationModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup: float = 0.0,
         min_lr_ratio: float = 0.0,
+        cosine_horizon: float | None = None,
         gradient_checkpointing: bool = False,
         shard_param_dtype: str | None = "bfloat16",
     ) -> None:
         super().__init__()
+        if cosine_horizon is not None and cosine_horizon <= 0:
+            raise ValueError(f"model.cosine_horizon must be positive (epochs of batches), got {cosine_horizon}")
         spec = loss if isinstance(loss, dict) else loss_spec(loss)
         self.loss = build_loss(spec)  # a fresh plugin per module, never a shared default instance
         self.save_hyperparameters(ignore=["loss"])
@@ -198,6 +207,9 @@ class SpecializationModule(L.LightningModule):
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(hp.warmup) if hp.warmup >= 1 else int(hp.warmup * total)
+        if hp.cosine_horizon is not None:
+            # estimated_stepping_batches has set up the training data: num_training_batches is one epoch's
+            total = max(int(hp.cosine_horizon * self.trainer.num_training_batches), warmup + 1)
 
         def factor(step: int) -> float:
             if step < warmup:

@@ -11,16 +11,24 @@ from specialight.align.offsets import common_text, offsets_path
 METHODS = ("dp", "offsets", "auto")
 
 
-def align_path(source: list[str], target: list[str], method: str = "dp") -> np.ndarray:
-    """Aligned ``(i, j)`` pairs of two *surface* sequences, shape ``[path_length, 2]``.
+def choose_method(source: list[str], target: list[str], method: str = "dp", separator: str | None = None) -> str:
+    """The aligner ``method`` takes for these two surface sequences: ``dp`` or ``offsets``.
 
-    ``auto`` uses the offsets aligner where both spell the same text and the dynamic program elsewhere.
+    ``auto`` takes the offsets aligner where both spell the same text (the source's newlines read as
+    ``separator``, the student's newline stand-in) and the dynamic program elsewhere.
     """
-    if method == "dp" or (method == "auto" and not common_text(source, target)):
+    if method not in METHODS:
+        raise ValueError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
+    if method == "auto":
+        return "offsets" if common_text(source, target, separator) else "dp"
+    return method
+
+
+def align_path(source: list[str], target: list[str], method: str = "dp", separator: str | None = None) -> np.ndarray:
+    """Aligned ``(i, j)`` pairs of two *surface* sequences, shape ``[path_length, 2]`` (see `choose_method`)."""
+    if choose_method(source, target, method, separator) == "dp":
         return align_surfaces(source, target)
-    if method in ("offsets", "auto"):
-        return offsets_path(source, target)
-    raise ValueError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
+    return offsets_path(source, target, separator)
 
 
 def align_tokens(
@@ -39,4 +47,4 @@ def align_tokens(
     return [(int(i), int(j)) for i, j in path]
 
 
-__all__ = ["METHODS", "align_path", "align_tokens"]
+__all__ = ["METHODS", "align_path", "align_tokens", "choose_method"]

@@ -1,14 +1,20 @@
-"""Teacher top-k distributions expressed on the student's tokens.
+"""Teacher top-k distributions expressed on the student's tokens, where the two tokens are the same token.
 
-For each student position: if the alignment pairs it one-to-one with a teacher position, its target is
-that position's teacher top-k, each teacher token mapped to the student token with the same surface
-string (teacher tokens with no student counterpart are dropped; two mapping to one id add up), with
-probabilities ``exp(logprob)``. Anywhere else, and where no top-k token maps, the target is one-hot on the
-student's own token. Tail policy: ``zero`` keeps the top-k probabilities as they are (mass outside the
-top-k is zero, unnormalized: the paper), ``renormalize`` rescales them to sum to one.
+A student position carries the teacher's distribution only where the alignment pairs it one-to-one with a
+teacher position *and* the two tokens spell the same surface (`same_token`); there its target is the
+teacher's top-k, each teacher token mapped to the student token with the same surface (teacher tokens with
+no student counterpart are dropped; two mapping to one id add up), with probabilities ``exp(logprob)``, and
+the student's own token (the teacher's sampled token) is always in it: where the mapped top-k lacks it, it
+joins with the teacher's own probability of it (``token_logprobs``), as in the authors' targets, where the
+sampled token and its probability come first in every step's list. Everywhere else the target is one-hot on
+the student's own token: positions that are not one-to-one, positions whose tokens differ (``"12"`` against
+``"▁$12"``, a newline against T5's ``" |"``), and positions whose sampled token lies outside the top-k when
+the sample does not carry its log-probability. Tail policy: ``zero`` keeps the probabilities as they are
+(mass outside them is zero, unnormalized: the paper), ``renormalize`` rescales them to sum to one.
 
-Targets are sparse and fixed-width: ``k`` ids and ``k`` probabilities per position, padded with the
-student's own id at probability 0, so a loss gathers ``k`` log-probs and never builds a dense vocabulary.
+Targets are sparse and fixed-width: ``k + 1`` ids and probabilities per position (the top-k and a slot
+for the sampled token), padded with the student's own id at probability 0, so a loss gathers ``k + 1``
+log-probs and never builds a dense vocabulary.
 """
 
 from __future__ import annotations
@@ -54,18 +60,61 @@ class VocabularyMap:
         return table
 
 
+# what each student position's target is (``StudentTargets.kind``)
+TEACHER, DIFFERENT, NOT_ONE_TO_ONE, UNKNOWN_SAMPLED = 0, 1, 2, 3
+KINDS = ("teacher_distribution", "one_to_one_different_tokens", "not_one_to_one", "sampled_token_log_prob_unknown")
+
+
 @dataclass
 class StudentTargets:
     """Sparse targets of one sample on the student side.
 
-    ``ids``/``probs``: ``[length, k]``; ``one_to_one``: ``[length]`` (True where the teacher's top-k was
-    projected); ``input_ids``: ``[length]``, the student's tokens of the sample text.
+    ``ids``/``probs``: ``[length, k + 1]``; ``kind``: ``[length]`` (one of `KINDS` by index);
+    ``input_ids``: ``[length]``, the student's tokens of the sample text; ``added``: ``[length]``, True
+    where the sampled token was outside the mapped top-k and joined it.
     """
 
     input_ids: np.ndarray
     ids: np.ndarray
     probs: np.ndarray
-    one_to_one: np.ndarray
+    kind: np.ndarray
+    added: np.ndarray
+
+    @property
+    def teacher_mass(self) -> np.ndarray:
+        """``[length]``: True where the target is the teacher's distribution."""
+        return self.kind == TEACHER
+
+
+def same_token(teacher: str, student: str, layout_space: bool = False) -> bool:
+    """Whether two surfaces are the same token. ``layout_space``: the student's leading blank is layout the
+    teacher's text does not have there (the text's start, or the blank after a newline stand-in), so
+    ``"She"`` and ``" She"`` match."""
+    return teacher == student or (layout_space and student.startswith(" ") and teacher == student[1:])
+
+
+def _mark_different(kind: np.ndarray, position: int, teacher: str, student: str, layout_space: bool) -> bool:
+    """`same_token`, recording `DIFFERENT` in ``kind`` where the tokens differ."""
+    if same_token(teacher, student, layout_space):
+        return True
+    kind[position] = DIFFERENT
+    return False
+
+
+def layout_spaces(student_surfaces: list[str], separator: str | None) -> np.ndarray:
+    """``[length]``: True at the first student token and, with a newline stand-in, at the token after it."""
+    flags = np.zeros(len(student_surfaces), dtype=bool)
+    if student_surfaces:
+        flags[0] = True
+    if separator is not None:
+        mark = separator.strip()
+        last = ""  # the text so far up to its last non-blank piece, trailing blanks dropped
+        for position, piece in enumerate(student_surfaces):
+            if position and last.endswith(mark):
+                flags[position] = True
+            if piece.strip():
+                last = (last + piece).rstrip()[-len(mark) :]
+    return flags
 
 
 def one_to_one_pairs(path: np.ndarray, n: int, m: int) -> dict[int, int]:
@@ -86,50 +135,78 @@ def _one_to_one(path: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarra
 
 def project(
     student_ids: list[int],
+    student_surfaces: list[str],
     path: np.ndarray,
+    teacher_surfaces: list[str],
     teacher_top_tokens: list[list[str]],
     teacher_top_logprobs: list[list[float]],
     vocabulary: VocabularyMap,
     k: int,
     tail: str = "zero",
+    token_logprobs: list[float] | None = None,
+    layout_space: np.ndarray | None = None,
 ) -> StudentTargets:
-    """Build `StudentTargets` from an alignment ``path`` of ``(teacher, student)`` pairs."""
+    """Build `StudentTargets` from an alignment ``path`` of ``(teacher, student)`` pairs.
+
+    ``teacher_surfaces``: the teacher's sampled tokens as text; ``token_logprobs``: the teacher's log-prob
+    of each (None where the sample does not carry them); ``layout_space``: see `same_token`.
+    """
     if tail not in TAIL_POLICIES:
         raise ValueError(f"unknown tail policy {tail!r}; known: {', '.join(TAIL_POLICIES)}")
-    length = len(student_ids)
+    length, width = len(student_ids), k + 1
     own = np.asarray(student_ids, dtype=np.int64)
-    ids = np.repeat(own[:, None], k, axis=1)
-    probs = np.zeros((length, k), dtype=np.float32)
+    ids = np.repeat(own[:, None], width, axis=1)
+    probs = np.zeros((length, width), dtype=np.float32)
     probs[:, 0] = 1.0
-    projected = np.zeros(length, dtype=bool)
-    teacher, student = _one_to_one(path, len(teacher_top_tokens), length)
-    if teacher.shape[0] == 0:
-        return StudentTargets(input_ids=own, ids=ids, probs=probs, one_to_one=projected)
-    width = max(k, max(len(teacher_top_tokens[t]) for t in teacher.tolist()))
-    mapped = np.full((teacher.shape[0], width), -1, dtype=np.int64)
-    mass = np.zeros((teacher.shape[0], width), dtype=np.float64)
-    lookup = vocabulary.lookup
-    for row, t in enumerate(teacher.tolist()):
-        names, values = teacher_top_tokens[t], teacher_top_logprobs[t]
-        mapped[row, : len(names)] = [lookup(name) for name in names]
-        mass[row, : len(values)] = np.exp(values)
-    mass[mapped < 0] = 0.0
+    kind = np.full(length, NOT_ONE_TO_ONE, dtype=np.int8)
+    added = np.zeros(length, dtype=bool)
+    layout = np.zeros(length, dtype=bool) if layout_space is None else layout_space
+    pairs = [
+        (t, s)
+        for t, s in zip(*(a.tolist() for a in _one_to_one(path, len(teacher_surfaces), length)))
+        if _mark_different(kind, s, teacher_surfaces[t], student_surfaces[s], bool(layout[s]))
+    ]
+    if not pairs:
+        return StudentTargets(input_ids=own, ids=ids, probs=probs, kind=kind, added=added)
+    teacher, student = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
+    # where the student's leading blank is layout, the teacher's alternatives take it too, as the student
+    # would write them there ("So" at the start of a line is " So" to T5)
+    shifted = [teacher_surfaces[t] != student_surfaces[s] for t, s in pairs]
+    names = {(name, shift) for (t, _), shift in zip(pairs, shifted) for name in teacher_top_tokens[t][:k]}
+    lookup = {key: vocabulary.lookup(" " + key[0].lstrip(" ") if key[1] else key[0]) for key in names}
+    mapped = np.full((len(pairs), k), -1, dtype=np.int64)
+    mass = np.zeros((len(pairs), k), dtype=np.float64)
+    for row, ((t, _), shift) in enumerate(zip(pairs, shifted)):
+        top = teacher_top_tokens[t][:k]
+        mapped[row, : len(top)] = [lookup[(name, shift)] for name in top]
+        mass[row, : len(top)] = teacher_top_logprobs[t][: len(top)]
+    mass = np.where(mapped >= 0, np.exp(mass), 0.0)
     # two teacher tokens with one student counterpart: the later one's mass joins the first
-    for column in range(1, width):
+    for column in range(1, k):
         earlier = mapped[:, :column] == mapped[:, column : column + 1]
-        has_earlier = earlier.any(axis=1) & (mapped[:, column] >= 0)
+        rows = np.nonzero(earlier.any(axis=1) & (mapped[:, column] >= 0))[0]
         first = earlier.argmax(axis=1)
-        rows = np.nonzero(has_earlier)[0]
         mass[rows, first[rows]] += mass[rows, column]
         mass[rows, column] = 0.0
-    order = np.argsort(-mass, axis=1, kind="stable")[:, :k]
-    top_mass = np.take_along_axis(mass, order, axis=1)
-    top_ids = np.take_along_axis(mapped, order, axis=1)
-    usable = top_mass[:, 0] > 0
-    top_ids = np.where(top_mass > 0, top_ids, own[student][:, None])
+        mapped[rows, column] = -1
+    mine = own[student]
+    has_own = (mapped == mine[:, None]).any(axis=1)
+    if token_logprobs is None:
+        kind[student[~has_own]] = UNKNOWN_SAMPLED
+        keep = has_own
+        own_mass = np.zeros(len(pairs))
+    else:
+        keep = np.ones(len(pairs), dtype=bool)
+        own_mass = np.where(has_own, 0.0, np.exp(np.asarray(token_logprobs, dtype=np.float64)[teacher]))
+    order = np.argsort(-mass, axis=1, kind="stable")
+    top_mass = np.concatenate([np.take_along_axis(mass, order, axis=1), own_mass[:, None]], axis=1)
+    top_ids = np.concatenate([np.take_along_axis(mapped, order, axis=1), mine[:, None]], axis=1)
+    top_ids = np.where(top_mass > 0, top_ids, mine[:, None])
     if tail == "renormalize":
-        top_mass = top_mass / np.where(usable, top_mass.sum(axis=1), 1.0)[:, None]
-    ids[student[usable]] = top_ids[usable]
-    probs[student[usable]] = top_mass[usable]
-    projected[student[usable]] = True
-    return StudentTargets(input_ids=own, ids=ids, probs=probs, one_to_one=projected)
+        top_mass = top_mass / top_mass.sum(axis=1, keepdims=True)
+    rows = student[keep]
+    ids[rows] = top_ids[keep]
+    probs[rows] = top_mass[keep]
+    kind[rows] = TEACHER
+    added[rows] = ~has_own[keep]
+    return StudentTargets(input_ids=own, ids=ids, probs=probs, kind=kind, added=added)

@@ -2,8 +2,13 @@
 
 The output folder holds ``targets.arrow`` (Arrow IPC stream, one row per kept sample; open it with
 `load_targets`) and ``summary.json``. Columns: ``question_id``, ``sample_index``, ``text`` (the sample as
-the student sees it), ``answer``, ``correct``, ``top_k``, ``input_ids`` ``[L]``, ``topk_ids`` and
-``topk_probs`` ``[L * top_k]`` (row-major), ``one_to_one`` ``[L]``.
+the student sees it), ``answer``, ``correct``, ``top_k`` (the teacher's k), ``target_width`` (``top_k + 1``:
+the top-k and a slot for the sampled token), ``input_ids`` ``[L]``, ``topk_ids`` and ``topk_probs``
+``[L * target_width]`` (row-major), ``target_kind`` ``[L]`` (index into `specialight.align.project.KINDS`),
+``method`` (the aligner the sample took).
+
+``summary.json`` gives the share of student positions of each target kind (teacher distribution, one-to-one
+but different tokens, not one-to-one) and the share of samples that took each aligner.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from specialight.align import align_path
+from specialight.align import align_path, choose_method
 from specialight.align.markers import surfaces, tokenizer_scheme
-from specialight.align.project import VocabularyMap, project
+from specialight.align.project import KINDS, VocabularyMap, layout_spaces, project
 from specialight.data.formats import newline_separator, render
 from specialight.data.records import TeacherSample, parse_sample, sample_files
 
@@ -37,10 +42,12 @@ SCHEMA = pa.schema(
         ("answer", pa.string()),
         ("correct", pa.bool_()),
         ("top_k", pa.int32()),
+        ("target_width", pa.int32()),
         ("input_ids", pa.list_(pa.int32())),
         ("topk_ids", pa.list_(pa.int32())),
         ("topk_probs", pa.list_(pa.float32())),
-        ("one_to_one", pa.list_(pa.bool_())),
+        ("target_kind", pa.list_(pa.int8())),
+        ("method", pa.string()),
     ]
 )
 
@@ -54,7 +61,7 @@ class AlignSettings:
     teacher_scheme: str = "text"
     top_k: int = 5
     tail: str = "zero"
-    max_length: int = 512
+    max_length: int = 255
     only_correct: bool = False
 
 
@@ -109,11 +116,22 @@ def align_sample(
     student = [worker.student_surfaces[i] for i in student_ids]
     teacher = surfaces(sample.tokens, settings.teacher_scheme)
     try:
-        path = align_path(teacher, student, settings.method)
+        method = choose_method(teacher, student, settings.method, worker.newline)
+        path = align_path(teacher, student, method, worker.newline)
     except ValueError as err:
         raise ValueError(f"sample {sample.key}: {err}") from err
     targets = project(
-        student_ids, path, sample.top_tokens, sample.top_logprobs, worker.vocabulary, settings.top_k, settings.tail
+        student_ids,
+        student,
+        path,
+        teacher,
+        sample.top_tokens,
+        sample.top_logprobs,
+        worker.vocabulary,
+        settings.top_k,
+        settings.tail,
+        token_logprobs=sample.token_logprobs,
+        layout_space=layout_spaces(student, worker.newline),
     )
     row = {
         "question_id": sample.question_id,
@@ -122,10 +140,12 @@ def align_sample(
         "answer": sample.answer or "",
         "correct": bool(sample.correct),
         "top_k": settings.top_k,
+        "target_width": targets.ids.shape[1],
         "input_ids": targets.input_ids.astype(np.int32),
         "topk_ids": targets.ids.reshape(-1).astype(np.int32),
         "topk_probs": targets.probs.reshape(-1),
-        "one_to_one": targets.one_to_one,
+        "target_kind": targets.kind,
+        "method": method,
     }
     return row, None
 
@@ -174,7 +194,9 @@ def run_align(
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / (TARGETS_FILE + ".partial")
     dropped: Counter[str] = Counter()
-    kept = positions = one_to_one = 0
+    methods: Counter[str] = Counter()
+    kinds = np.zeros(len(KINDS), dtype=np.int64)
+    kept = positions = 0
     batch: list[dict] = []
     with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
         for row, reason in tqdm(_results(samples_path, settings, num_proc), total=total, desc="align", unit="sample"):
@@ -183,7 +205,8 @@ def run_align(
                 continue
             kept += 1
             positions += len(row["input_ids"])
-            one_to_one += int(row["one_to_one"].sum())
+            kinds += np.bincount(row["target_kind"], minlength=len(KINDS))
+            methods[row["method"]] += 1
             batch.append(row)
             if len(batch) >= 512:
                 writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
@@ -196,7 +219,9 @@ def run_align(
         "kept": kept,
         "dropped": dict(dropped),
         "positions": positions,
-        "one_to_one_share": one_to_one / positions if positions else 0.0,
+        "position_shares": {name: float(n / positions) if positions else 0.0 for name, n in zip(KINDS, kinds)},
+        "one_to_one_share": float((kinds[0] + kinds[1] + kinds[3]) / positions) if positions else 0.0,
+        "method_shares": {name: n / kept for name, n in sorted(methods.items())},
         "student_tokenizer": settings.student_tokenizer,
         "method": settings.method,
         "top_k": settings.top_k,
@@ -205,10 +230,11 @@ def run_align(
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info(
-        "aligned %d of %d samples; %.1f%% of student positions one-to-one; dropped %s",
+        "aligned %d of %d samples; student positions %s; aligners %s; dropped %s",
         kept,
         total,
-        100 * summary["one_to_one_share"],
+        {name: f"{share:.1%}" for name, share in summary["position_shares"].items()},
+        {name: f"{share:.1%}" for name, share in summary["method_shares"].items()},
         dict(dropped) or "none",
     )
     return summary

@@ -7,33 +7,38 @@ Sources (``teacher_data``):
 - a folder from ``specialight align`` (``targets.arrow``): the student's tokens of each teacher sample
   with the teacher's top-k on them, for distribution matching in CoT formats.
 
-Every source item appears in each format ``weight`` times per epoch (``formats``: format -> weight; a
-fractional weight takes a seeded subset). Batches hold one format each (the paper) or are mixed, are
-grouped by length within windows of ``50 * batch_size`` to cut padding, and follow a seeded order
-per epoch. Under DDP every rank takes a disjoint, equally long share of the batches.
+Chain-of-thought formats take one example per source item (teacher sample), answer-only formats one per
+question, as the authors built them (`specialight.data.mixing`); a format's ``weight`` repeats it per epoch
+(a fractional weight takes a seeded subset). Batches hold one format each (the authors' batching; each
+format may have its own batch size, ``batch_sizes``) or are mixed, are grouped by length within windows
+of 50 batches to cut padding, and follow a seeded order per epoch. Under DDP every rank takes a disjoint,
+equally long share of the batches. At setup the module logs a table: per format, examples and batches
+per epoch, mean tokens, and how many targets are cut at ``max_target_length``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from specialight.data.batching import FormatBatchSampler, ResumableDataLoader
 from specialight.data.formats import FORMATS, FormatBuilder, check_format, is_cot, newline_separator
+from specialight.data.mixing import FormatRow, data_table, epoch_units
 from specialight.data.records import sample_files
 from specialight.data.tasks import DataError, Example, load_examples, resolve_data_dir
 from specialight.losses import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 DEFAULT_FORMATS = {fmt: 1.0 for fmt in FORMATS}
-LENGTH_WINDOW = 50
+TABLE_SAMPLE = 32
+__all__ = ["FormatBatchSampler", "ResumableDataLoader", "SpecializationDataModule"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -52,109 +57,6 @@ class Item:
     example: Example
     rationale: str | None
     target_row: int | None = None
-
-
-class _EpochHook:
-    """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler``; this forwards it to the batch sampler."""
-
-    def __init__(self, target: FormatBatchSampler) -> None:
-        self.target = target
-
-    def set_epoch(self, epoch: int) -> None:
-        self.target.set_epoch(epoch)
-
-
-class FormatBatchSampler(Sampler[list[int]]):
-    """Seeded, length-grouped batches of unit indices, one format per batch or mixed, sharded by rank.
-
-    ``resume = (epoch, batches)`` passes over the first ``batches`` of that epoch once (resuming
-    mid-epoch); a resume into a later epoch (the checkpoint closed its epoch) skips nothing.
-    """
-
-    def __init__(
-        self,
-        unit_formats: list[int],
-        unit_lengths: list[int],
-        batch_size: int,
-        one_format_per_batch: bool = True,
-        shuffle: bool = True,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.unit_formats = np.asarray(unit_formats)
-        self.unit_lengths = np.asarray(unit_lengths)
-        self.batch_size = batch_size
-        self.one_format_per_batch = one_format_per_batch
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.resume: tuple[int, int] | None = None
-        self.sampler = _EpochHook(self)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning before each epoch."""
-        self.epoch = epoch
-
-    def _all_batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        everything = np.arange(self.unit_formats.shape[0])
-        groups = (
-            [everything[self.unit_formats == f] for f in np.unique(self.unit_formats)]
-            if self.one_format_per_batch
-            else [everything]
-        )
-        batches: list[list[int]] = []
-        window = self.batch_size * LENGTH_WINDOW
-        for group in groups:
-            order = rng.permutation(group) if self.shuffle else group
-            for start in range(0, order.shape[0], window):
-                chunk = order[start : start + window]
-                chunk = chunk[np.argsort(-self.unit_lengths[chunk], kind="stable")]
-                batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, chunk.shape[0], self.batch_size)]
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
-
-    def rank_batches(self) -> list[list[int]]:
-        """This rank's batches for the current epoch (all ranks get the same count)."""
-        batches = self._all_batches()
-        per_rank = len(batches) // self.world_size
-        return batches[self.rank :: self.world_size][:per_rank]
-
-    def _skip(self) -> int:
-        return self.resume[1] if self.resume is not None and self.resume[0] == self.epoch else 0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self.rank_batches()[self._skip() :]
-        self.resume = None
-        return iter(batches)
-
-    def __len__(self) -> int:
-        # the whole epoch: on resume, Lightning counts the skipped batches as done already
-        return len(self.rank_batches())
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader Lightning saves and restores (``state_dict``), so ``fit --ckpt_path`` resumes
-    mid-epoch with the same data order: it records how many batches of the epoch the trainer finished."""
-
-    def __init__(self, *args, datamodule: L.LightningDataModule, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.datamodule = datamodule
-
-    def state_dict(self) -> dict[str, int]:
-        trainer = self.datamodule.trainer
-        # "processed", not "completed": a checkpoint saved in on_train_batch_end sees the batch processed
-        # but not yet counted as completed
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
-        return {"epoch": self.batch_sampler.epoch, "batches_done": int(done)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batch_sampler.set_epoch(state["epoch"])
-        self.batch_sampler.resume = (state["epoch"], state["batches_done"])
 
 
 class FormattedDataset(Dataset):
@@ -184,8 +86,11 @@ class SpecializationDataModule(L.LightningDataModule):
         one_format_per_batch: the paper's batching; False mixes formats within batches.
         num_demonstrations: demonstrations in in-context formats.
         batch_size: examples per batch (per device).
+        batch_sizes: format -> examples per batch, for formats whose batches differ from ``batch_size``
+            (one format per batch only).
         max_source_length: prompt tokens kept (the start of long in-context prompts is cut).
-        max_target_length: target tokens kept.
+        max_target_length: target tokens kept, EOS included (longer targets are cut and counted in the
+            data table; `specialight align` drops samples longer than this less one).
         limit: use only the first ``limit`` source items.
         only_correct: with teacher samples, keep those whose answer was correct.
         seed: data order and demonstrations.
@@ -201,6 +106,7 @@ class SpecializationDataModule(L.LightningDataModule):
         one_format_per_batch: bool = True,
         num_demonstrations: int = 4,
         batch_size: int = 8,
+        batch_sizes: dict[str, int] | None = None,
         max_source_length: int = 1024,
         max_target_length: int = 256,
         limit: int | None = None,
@@ -213,10 +119,15 @@ class SpecializationDataModule(L.LightningDataModule):
         self.formats = {check_format(f): float(w) for f, w in (formats or DEFAULT_FORMATS).items() if w > 0}
         if not self.formats:
             raise DataError("formats: give at least one format a positive weight")
+        self.batch_sizes = {check_format(f): int(n) for f, n in (batch_sizes or {}).items()}
+        if any(n < 1 for n in self.batch_sizes.values()):
+            raise DataError(f"batch_sizes: every size must be a positive integer, got {batch_sizes}")
+        if self.batch_sizes and not one_format_per_batch:
+            raise DataError("batch_sizes: per-format batch sizes need one_format_per_batch=true")
         self.tokenizer = None
         self.encoder_decoder = False
         self.targets = None
-        self.top_k = 0
+        self.target_width = 0
         self.dataset: FormattedDataset | None = None
         self._data_sha256: dict[str, str] | None = None
         self._outside_pool = 0
@@ -240,7 +151,7 @@ class SpecializationDataModule(L.LightningDataModule):
                 from specialight.align.run import load_targets
 
                 self.targets = load_targets(path)
-                self.top_k = int(self.targets[0]["top_k"]) if len(self.targets) else 0
+                self.target_width = int(self.targets[0]["target_width"]) if len(self.targets) else 0
                 rows = self.targets.select_columns(["question_id", "text", "correct"])
                 items = [
                     Item(example, r["text"], index)
@@ -291,15 +202,82 @@ class SpecializationDataModule(L.LightningDataModule):
             newline=newline_separator(self.tokenizer),
         )
         items = self._items(pool)
-        rng = np.random.default_rng(hp.seed)
-        units: list[tuple[int, int]] = []
-        for fmt, weight in self.formats.items():
-            whole, fraction = int(weight), weight - int(weight)
-            chosen = list(range(len(items))) * whole
-            chosen += sorted(rng.choice(len(items), size=round(fraction * len(items)), replace=False).tolist())
-            units += [(i, FORMATS.index(fmt)) for i in chosen]
+        units = epoch_units([item.example.id for item in items], self.formats, hp.seed)
         self.dataset = FormattedDataset(self, items, units)
-        logger.info("%d source items -> %d training examples in %s", len(items), len(units), dict(self.formats))
+        logger.info(
+            "%d source items (%d questions) -> %d training examples per epoch:\n%s",
+            len(items),
+            len({item.example.id for item in items}),
+            len(units),
+            data_table(self.format_rows(), TABLE_SAMPLE),
+        )
+
+    def size_of(self, fmt: str) -> int:
+        """The batch size of a format's batches."""
+        return self.batch_sizes.get(fmt, self.hparams.batch_size)
+
+    def _sampler(self, rank: int = 0, world_size: int = 1) -> FormatBatchSampler:
+        hp = self.hparams
+        return FormatBatchSampler(
+            [f for _, f in self.dataset.units],
+            [self._length_proxy(i, f) for i, f in self.dataset.units],
+            batch_size={FORMATS.index(f): self.size_of(f) for f in self.formats} if self.batch_sizes else hp.batch_size,
+            one_format_per_batch=hp.one_format_per_batch,
+            seed=hp.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def format_rows(self) -> list[FormatRow]:
+        """Per format: examples and batches per epoch (all ranks), mean tokens of a seeded sample of
+        `TABLE_SAMPLE` examples, and the number of targets cut at ``max_target_length``."""
+        units = self.dataset.units
+        formats = np.asarray([f for _, f in units])
+        batches = np.bincount([int(formats[b[0]]) for b in self._sampler()._all_batches() if b], minlength=len(FORMATS))
+        lengths = self._target_lengths()
+        rng = np.random.default_rng(self.hparams.seed)
+        rows = []
+        for fmt in self.formats:
+            members = np.nonzero(formats == FORMATS.index(fmt))[0]
+            sample = rng.choice(members, size=min(TABLE_SAMPLE, members.shape[0]), replace=False)
+            encoded = [self.dataset[int(u)] for u in sample]
+            tokens = [len(e["input_ids"]) + len(e["labels"]) for e in encoded]
+            cut = sum(lengths[(units[u][0], is_cot(fmt))] > self.hparams.max_target_length - 1 for u in members)
+            rows.append(
+                FormatRow(
+                    fmt,
+                    int(members.shape[0]),
+                    self.size_of(fmt),
+                    int(batches[FORMATS.index(fmt)]),
+                    float(np.mean(tokens)) if tokens else 0.0,
+                    int(cut),
+                )
+            )
+        return rows
+
+    def _target_lengths(self) -> dict[tuple[int, bool], int]:
+        """Target tokens (before the cut, without EOS) of every ``(item, chain of thought?)`` in the epoch."""
+        needed = sorted({(i, is_cot(FORMATS[f])) for i, f in self.dataset.units})
+        lengths: dict[tuple[int, bool], int] = {}
+        aligned = None
+        if self.targets is not None:
+            import pyarrow.compute as pc
+
+            aligned = pc.list_value_length(self.targets.data.column("input_ids")).to_numpy()
+        texts: list[str] = []
+        keys: list[tuple[int, bool]] = []
+        for index, cot in needed:
+            item = self.dataset.items[index]
+            if cot and aligned is not None and item.target_row is not None:
+                lengths[(index, cot)] = int(aligned[item.target_row])
+                continue
+            fmt = "zero_shot_cot" if cot else "zero_shot_answer_only"
+            texts.append(self.builder.build(item.example, fmt, item.rationale if cot else None).target)
+            keys.append((index, cot))
+        if texts:
+            encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            lengths.update({key: len(ids) for key, ids in zip(keys, encoded)})
+        return lengths
 
     def _length_proxy(self, item_index: int, format_id: int) -> int:
         item = self.dataset.items[item_index]
@@ -328,7 +306,7 @@ class SpecializationDataModule(L.LightningDataModule):
             input_ids, labels, offset = prompt + target, [IGNORE_INDEX] * len(prompt) + target, len(prompt)
         encoded = {"input_ids": input_ids, "labels": labels, "format_id": FORMATS.index(fmt)}
         if self.targets is not None:
-            k = self.top_k
+            k = self.target_width
             ids = np.zeros((len(labels), k), dtype=np.int64)
             probs = np.zeros((len(labels), k), dtype=np.float32)
             ids[offset:, 0] = target
@@ -402,12 +380,7 @@ class SpecializationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         trainer = self.trainer
-        sampler = FormatBatchSampler(
-            [f for _, f in self.dataset.units],
-            [self._length_proxy(i, f) for i, f in self.dataset.units],
-            batch_size=self.hparams.batch_size,
-            one_format_per_batch=self.hparams.one_format_per_batch,
-            seed=self.hparams.seed,
+        sampler = self._sampler(
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
         )

@@ -31,7 +31,7 @@ FORMATS: tuple[str, ...] = (
 )
 COT_TRIGGER = "Let's think step by step"
 NEWLINE_STAND_IN = " | "
-_NEWLINES = re.compile(r"[ \t]*\n+[ \t]*")
+NEWLINES = re.compile(r"[ \t]*\n+[ \t]*")
 
 
 class _Tokenizer(Protocol):
@@ -47,7 +47,7 @@ def newline_separator(tokenizer: _Tokenizer) -> str | None:
 
 def render(text: str, separator: str | None) -> str:
     """``text`` with its newlines replaced by ``separator`` (unchanged when it is None)."""
-    return text if separator is None else _NEWLINES.sub(separator, text)
+    return text if separator is None else NEWLINES.sub(separator, text)
 
 
 def is_cot(fmt: str) -> bool:

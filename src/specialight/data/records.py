@@ -7,7 +7,9 @@ One line per sample::
      "top_logprobs": [[-0.01, -4.7, …], …], "finish_reason": "stop", "answer": "72", "correct": true}
 
 ``tokens[i]`` is the teacher's i-th sampled token as text, ``top_tokens[i]``/``top_logprobs[i]`` its top-k
-alternatives at that position. Files are read strictly: a malformed line names its file and line.
+alternatives at that position, and the optional ``token_logprobs[i]`` the teacher's log-prob of the sampled
+token itself (`specialight align` adds the sampled token to its target with it where it lies outside the
+top-k). Files are read strictly: a malformed line names its file and line.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class TeacherSample:
     finish_reason: str = ""
     answer: str | None = None
     correct: bool | None = None
+    token_logprobs: list[float] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -69,6 +72,14 @@ class TeacherSample:
                 raise DataError(
                     f"{where}: sample {self.key} position {position}: log-probs must be finite and <= 0, got {values}"
                 )
+        if self.token_logprobs is not None:
+            if len(self.token_logprobs) != len(self.tokens):
+                raise DataError(
+                    f"{where}: sample {self.key} has {len(self.tokens)} tokens but "
+                    f"{len(self.token_logprobs)} token log-probs"
+                )
+            if not all(math.isfinite(v) and v <= 1e-6 for v in self.token_logprobs):
+                raise DataError(f"{where}: sample {self.key}: token log-probs must be finite and <= 0")
         return self
 
     def to_json(self) -> str:

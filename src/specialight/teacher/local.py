@@ -21,11 +21,13 @@ from specialight.teacher.backends import STOP, Completion, cut_tokens_at_stop
 
 @dataclass
 class ScoredText:
-    """Teacher-forced top-k of one text: ``tokens[i]`` and its ``top_tokens[i]``/``top_logprobs[i]``."""
+    """Teacher-forced top-k of one text: ``tokens[i]``, its own log-prob ``token_logprobs[i]`` and its
+    ``top_tokens[i]``/``top_logprobs[i]``."""
 
     tokens: list[str]
     top_tokens: list[list[str]]
     top_logprobs: list[list[float]]
+    token_logprobs: list[float]
 
 
 class LocalTeacher:
@@ -101,10 +103,12 @@ class LocalTeacher:
         logits = self.model(ids).logits[0, len(context) - 1 : -1].float()  # [len(text_ids), vocab]
         logprobs = torch.log_softmax(logits, dim=-1)
         top = logprobs.topk(top_k, dim=-1)
+        own = logprobs.gather(1, torch.tensor(text_ids, device=logprobs.device)[:, None])[:, 0]
         return ScoredText(
             tokens=[self._surface(i) for i in text_ids],
             top_tokens=[[self._surface(i) for i in row] for row in top.indices.tolist()],
             top_logprobs=top.values.tolist(),
+            token_logprobs=[min(v, 0.0) for v in own.tolist()],
         )
 
     def score_sample(
@@ -125,4 +129,5 @@ class LocalTeacher:
             finish_reason="scored",
             answer=answer,
             correct=True,
+            token_logprobs=scored.token_logprobs,
         )

@@ -1,0 +1,94 @@
+import logging
+
+import pytest
+
+from specialight.data.datamodule import SpecializationDataModule
+from specialight.data.formats import FORMATS, answer_target, newline_separator, render
+from specialight.data.mixing import epoch_units
+from specialight.data.records import TeacherSample
+from specialight.data.tasks import DataError, load_examples
+
+ALL_FORMATS = {fmt: 1.0 for fmt in FORMATS}
+
+
+def test_epoch_units_answer_only_once_per_question():
+    questions = ["a", "a", "a", "b", "c", "c"]
+    units = epoch_units(questions, {"zero_shot_cot": 1.0, "zero_shot_answer_only": 2.0}, seed=0)
+    cot = [i for i, f in units if FORMATS[f] == "zero_shot_cot"]
+    answer_only = [i for i, f in units if FORMATS[f] == "zero_shot_answer_only"]
+    assert cot == [0, 1, 2, 3, 4, 5]
+    assert answer_only == [0, 3, 4, 0, 3, 4]  # the first sample of each question, weight 2
+    half = epoch_units(questions, {"in_context_answer_only": 0.5}, seed=0)
+    assert len(half) == 2 and {i for i, _ in half} <= {0, 3, 4}
+
+
+@pytest.fixture
+def samples_file(tmp_path, data_dir):
+    """Three questions with 3, 2 (and one wrong) and 1 correct teacher samples."""
+    examples = load_examples("gsm8k", "tune", data_dir)[:3]
+    path = tmp_path / "samples.jsonl"
+    lines = []
+    for example, correct, wrong in zip(examples, (3, 2, 1), (0, 1, 0)):
+        for index in range(correct + wrong):
+            right = index < correct
+            text = answer_target(example.answer if right else "-1", example.rationale) + " " * index
+            sample = TeacherSample(example.id, index, text, [text], [[text]], [[0.0]], correct=right)
+            lines.append(sample.to_json())
+    path.write_text("\n".join(lines) + "\n")
+    return path, examples
+
+
+def test_data_mix_counts_batches_and_cut_targets(tiny_t5_dir, data_dir, samples_file, caplog, t5_tokenizer):
+    path, examples = samples_file
+    dm = SpecializationDataModule(
+        str(tiny_t5_dir),
+        teacher_data=str(path),
+        data_dir=str(data_dir),
+        formats=ALL_FORMATS,
+        num_demonstrations=2,
+        batch_size=4,
+        batch_sizes={"zero_shot_cot": 2, "in_context_cot": 1},
+        max_target_length=40,
+    )
+    with caplog.at_level(logging.INFO, logger="specialight.data.datamodule"):
+        dm.setup("fit")
+    rows = {row.format: row for row in dm.format_rows()}
+    assert {f: r.examples for f, r in rows.items()} == {
+        "zero_shot_cot": 6,
+        "in_context_cot": 6,
+        "zero_shot_answer_only": 3,
+        "in_context_answer_only": 3,
+    }
+    assert {f: (r.batch_size, r.batches) for f, r in rows.items()} == {
+        "zero_shot_cot": (2, 3),
+        "in_context_cot": (1, 6),
+        "zero_shot_answer_only": (4, 1),
+        "in_context_answer_only": (4, 1),
+    }
+    newline = newline_separator(t5_tokenizer)
+    lengths = [len(t5_tokenizer.encode(render(answer_target(e.answer, e.rationale), newline))) - 1 for e in examples]
+    expected_cut = sum(n for n, length in zip((3, 2, 1), lengths) if length > 39)
+    assert expected_cut > 0
+    assert rows["zero_shot_cot"].targets_cut == rows["in_context_cot"].targets_cut == expected_cut
+    assert rows["zero_shot_answer_only"].targets_cut == 0
+    assert rows["in_context_cot"].mean_tokens > rows["zero_shot_cot"].mean_tokens > 40
+    logged = caplog.text
+    assert "examples/epoch" in logged and "targets cut" in logged and "zero_shot_answer_only" in logged
+    seen = []
+    for batch in dm.train_dataloader():
+        fmt = FORMATS[int(batch["format_ids"][0])]
+        assert batch["format_ids"].unique().numel() == 1 and len(batch["units"]) <= dm.size_of(fmt)
+        assert batch["labels"].shape[1] <= 40
+        seen += batch["units"].tolist()
+    assert sorted(seen) == list(range(18))
+
+
+def test_per_format_batch_sizes_are_checked(tiny_t5_dir, data_dir):
+    with pytest.raises(DataError, match="unknown format"):
+        SpecializationDataModule(str(tiny_t5_dir), data_dir=str(data_dir), batch_sizes={"cot": 2})
+    with pytest.raises(DataError, match="positive integer"):
+        SpecializationDataModule(str(tiny_t5_dir), data_dir=str(data_dir), batch_sizes={"zero_shot_cot": 0})
+    with pytest.raises(DataError, match="one_format_per_batch"):
+        SpecializationDataModule(
+            str(tiny_t5_dir), data_dir=str(data_dir), batch_sizes={"zero_shot_cot": 2}, one_format_per_batch=False
+        )

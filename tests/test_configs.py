@@ -1,0 +1,72 @@
+"""Every paper config parses (``--print_config``) and says what the authors ran."""
+
+import pytest
+import yaml
+
+from specialight.cli import cli_main
+from tests.conftest import ROOT
+
+PAPER = ROOT / "configs" / "paper"
+SIZES = {
+    "flan_t5_base": ("google/flan-t5-base", 3, "32-true", {"in_context_cot": 25, "zero_shot_answer_only": 60}),
+    "flan_t5_large": ("google/flan-t5-large", 3, "32-true", {"in_context_cot": 8, "zero_shot_answer_only": 30}),
+    "flan_t5_xl": ("google/flan-t5-xl", 2, "32-true", {"in_context_cot": 2, "zero_shot_answer_only": 20}),
+    "flan_t5_xxl": ("google/flan-t5-xxl", 2, "bf16-mixed", {"in_context_cot": 4, "zero_shot_answer_only": 40}),
+}
+RAW = {"t5_base": "flan_t5_base", "t5_large": "flan_t5_large", "t5_3b": "flan_t5_xl", "t5_11b": "flan_t5_xxl"}
+
+
+def printed(capsys, *configs) -> dict:
+    args = ["fit"] + [part for config in configs for part in ("--config", str(config))] + ["--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_paper_recipe_per_size(size, capsys):
+    name, epochs, precision, batch_sizes = SIZES[size]
+    config = printed(capsys, PAPER / "recipe.yaml", PAPER / f"{size}.yaml")
+    model, data, trainer = config["model"], config["data"], config["trainer"]
+    assert model["model_name_or_path"] == name
+    assert model["loss"]["class_path"] == "specialight.losses.DistributionMatching"
+    assert (model["learning_rate"], model["weight_decay"], model["warmup"], model["cosine_horizon"]) == (
+        5e-4,
+        0.01,
+        10,
+        10,
+    )
+    assert trainer["max_epochs"] == epochs and trainer["precision"] == precision
+    assert trainer["gradient_clip_val"] is None and trainer["accumulate_grad_batches"] == 15
+    assert batch_sizes.items() <= data["batch_sizes"].items() and len(data["batch_sizes"]) == 4
+    assert data["max_target_length"] == 256 and data["one_format_per_batch"] is True
+    assert [c["class_path"].rsplit(".", 1)[1] for c in trainer["callbacks"]] == ["PeriodicEvaluation", "ModelSelection"]
+    assert trainer["default_root_dir"] == f"runs/{size}"
+
+
+@pytest.mark.parametrize("raw", sorted(RAW))
+def test_raw_t5_start_checkpoints(raw, capsys):
+    config = printed(capsys, PAPER / "recipe.yaml", PAPER / f"{RAW[raw]}.yaml", PAPER / "raw_t5" / f"{raw}.yaml")
+    assert config["model"]["model_name_or_path"] == raw.replace("_", "-")
+    assert config["trainer"]["max_epochs"] == SIZES[RAW[raw]][1]
+
+
+@pytest.mark.parametrize(
+    ("overlay", "formats"),
+    [
+        ("in_context_only", {"in_context_cot", "in_context_answer_only"}),
+        ("zero_shot_only", {"zero_shot_cot", "zero_shot_answer_only"}),
+        ("cot_only", {"in_context_cot", "zero_shot_cot"}),
+    ],
+)
+def test_data_overlays_replace_the_formats(overlay, formats, capsys):
+    overlay_file = ROOT / "configs" / "data" / f"{overlay}.yaml"
+    config = printed(capsys, PAPER / "recipe.yaml", PAPER / "flan_t5_base.yaml", overlay_file)
+    assert set(config["data"]["formats"]) == formats
+
+
+def test_mixed_formats_overlay_clears_per_format_batch_sizes(capsys):
+    overlay = ROOT / "configs" / "data" / "mixed_formats.yaml"
+    config = printed(capsys, PAPER / "recipe.yaml", PAPER / "flan_t5_base.yaml", overlay)
+    assert config["data"]["one_format_per_batch"] is False and config["data"]["batch_sizes"] is None
