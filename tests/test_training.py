@@ -7,12 +7,11 @@ import lightning as L
 import pytest
 import torch
 
-from specialight.align.run import AlignSettings, run_align
 from specialight.data.datamodule import FormatBatchSampler, SpecializationDataModule
 from specialight.data.tasks import load_examples
 from specialight.losses import DistributionMatching, SampleMatching
 from specialight.module import SpecializationModule
-from tests.conftest import ROOT, TOKENIZERS
+from tests.conftest import ROOT
 from tests.helpers import RecordSteps, quiet_trainer, read_steps
 
 FORMATS_SMALL = {
@@ -21,20 +20,6 @@ FORMATS_SMALL = {
     "zero_shot_answer_only": 1.0,
     "in_context_answer_only": 1.0,
 }
-
-
-@pytest.fixture(scope="module")
-def aligned_t5(confident_samples, tmp_path_factory):
-    out = tmp_path_factory.mktemp("aligned-t5")
-    run_align(confident_samples, out, AlignSettings(student_tokenizer=str(TOKENIZERS / "t5")))
-    return out
-
-
-@pytest.fixture(scope="module")
-def aligned_gpt2(confident_samples, tmp_path_factory):
-    out = tmp_path_factory.mktemp("aligned-gpt2")
-    run_align(confident_samples, out, AlignSettings(student_tokenizer=str(TOKENIZERS / "gpt2")))
-    return out
 
 
 def datamodule(model_dir, data_dir, teacher_data=None, **kwargs):

@@ -35,6 +35,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | None = Non
     The folder is written beside ``out`` first and moved into place whole, so a crash never leaves a
     half-written model where a loader would find it.
     """
+    from specialight.lora import merged
     from specialight.models import load_tokenizer
     from specialight.module import SpecializationModule
 
@@ -48,7 +49,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | None = Non
     # mmap: the metadata without reading the weights a second time
     stored = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
     module = SpecializationModule.load_from_checkpoint(ckpt, map_location="cpu")
-    model = module.model
+    model = merged(module.model)  # a LoRA adapter goes into the base weights
     if dtype is not None:
         model = model.to(DTYPES[dtype])
     tokenizer = load_tokenizer(module.hparams.model_name_or_path)
@@ -101,6 +102,7 @@ def model_card(stored: dict[str, Any], ckpt: Path, hparams: dict[str, Any], enco
         "",
         f"- base model: `{hub_id or base}`" + ("" if hub_id else " (a local folder when the run was trained)"),
         f"- loss: `{loss.get('class_path', '?')}` with `{loss.get('init_args', {})}`",
+        *([f"- LoRA adapter `{hparams['peft']}`, merged into the base weights"] if hparams.get("peft") else []),
         f"- checkpoint: `{ckpt.name}`, optimizer step {stored.get('global_step', '?')}, "
         f"epoch {stored.get('epoch', '?')}",
         "",

@@ -73,6 +73,8 @@ class SpecializationModule(L.LightningModule):
         gradient_checkpointing: trade compute for activation memory (per transformer block).
         shard_param_dtype: under `ModelParallelStrategy`, the dtype sharded blocks compute in (``bfloat16``;
             gradients are reduced in fp32; ``null`` keeps fp32). Ignored without a device mesh.
+        peft: train a LoRA adapter instead of the whole student: ``{r, alpha, dropout, target_modules}``
+            (`specialight.lora`; not combined with sharding yet).
 
     The student is built in `configure_model` (called by the trainer and by ``load_from_checkpoint``), so under
     a sharding strategy each rank only ever holds its shards (`specialight.sharding`).
@@ -89,6 +91,7 @@ class SpecializationModule(L.LightningModule):
         cosine_horizon: float | None = None,
         gradient_checkpointing: bool = False,
         shard_param_dtype: str | None = "bfloat16",
+        peft: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if cosine_horizon is not None and cosine_horizon <= 0:
@@ -109,6 +112,8 @@ class SpecializationModule(L.LightningModule):
             return
         hp = self.hparams
         mesh = self._device_mesh
+        if mesh is not None and hp.peft:
+            raise ValueError("model.peft (LoRA) is not supported under a sharding strategy yet; use DDP or one device")
         if mesh is not None:
             from specialight.sharding import load_sharded_student
 
@@ -122,7 +127,11 @@ class SpecializationModule(L.LightningModule):
         else:
             model = load_student(hp.model_name_or_path)
             if hp.gradient_checkpointing:
-                model.gradient_checkpointing_enable()
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hp.peft:
+                from specialight.lora import apply_lora
+
+                model = apply_lora(model, dict(hp.peft))
         self.model = model.train()  # from_pretrained returns eval mode
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
