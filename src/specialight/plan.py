@@ -7,9 +7,15 @@ full sharding over ``devices x num_nodes`` ranks (`ModelParallelStrategy`), or w
 - AdamW state: two fp32 moments, divided by the ranks;
 - gathered blocks: under sharding, the whole parameters of the block in compute and the one prefetched
   (``shard_param_dtype``, bf16 by default);
-- activations at the config's batch and lengths: with gradient checkpointing, the input of every block
-  (kept) plus one block recomputed; without, every block's intermediates. Attention scores are counted in
-  fp32 (T5 computes its softmax in fp32), the loss's logits and their gradient in fp32 ``[B, T, V]``.
+- evaluation, between steps: parameters and optimizer state stay, gradients and activations are gone, and a
+  sharded model is gathered whole on every rank in its compute dtype while it generates (KV caches of the
+  evaluation batch are not counted);
+- activations of the config's heaviest batch: each format at its own batch size, with the longest prompt
+  and target among 64 GSM8K tuning questions in that format (the student's tokenizer; offline, the shared
+  T5 tokenizer for a T5-family hub id), capped at the config's maximum lengths: with gradient checkpointing,
+  the input of every block (kept) plus one block recomputed; without, every block's intermediates. Attention
+  scores are counted in fp32 (T5 computes its softmax in fp32), the loss's logits and their gradient in fp32
+  ``[B, T, V]``.
 
 The activation figures are estimates from the tensor shapes of one transformer block (documented in
 `_block_activation_bytes`), not measurements; parameters, gradients and optimizer state are exact.
@@ -110,6 +116,51 @@ def _block_activation_bytes(config, shape: Shape, compute_bytes: int) -> tuple[f
     return encoder, decoder, b * max(s, t) * d * compute_bytes
 
 
+LENGTH_SAMPLE = 64  # questions per format whose prompt and target lengths are measured
+
+
+def _tokenizer(name_or_path: str):
+    """The student's tokenizer; offline, a T5-family hub id falls back to the shared T5 tokenizer (every T5
+    and FlanT5 size has the same vocabulary). None when neither is at hand."""
+    from specialight.models import load_tokenizer
+
+    try:
+        return load_tokenizer(name_or_path)
+    except (OSError, ValueError):
+        local = Path(os.environ.get("SPECIALIGHT_TOKENIZERS", "")) / "t5"
+        return load_tokenizer(str(local)) if "t5" in name_or_path.lower() and local.is_dir() else None
+
+
+def format_shapes(data: dict, tokenizer) -> dict[str, Shape]:
+    """Per tuning format, its batch size and the longest prompt and target among `LENGTH_SAMPLE` GSM8K tuning
+    questions with their gold rationales (capped at the config's maximum lengths). Without a tokenizer (or the
+    data) every format is taken at the maximum lengths."""
+    from specialight.data.formats import FORMATS, FormatBuilder, newline_separator
+    from specialight.data.tasks import DataError, load_examples
+
+    sizes = data.get("batch_sizes") or {}
+    source, target = int(data.get("max_source_length", 1024)), int(data.get("max_target_length", 256))
+    formats = [f for f, weight in (data.get("formats") or dict.fromkeys(FORMATS, 1.0)).items() if weight]
+    batch = {f: int(sizes.get(f, data.get("batch_size", 8))) for f in formats}
+    try:
+        pool = load_examples("gsm8k", "tune", data.get("data_dir")) if tokenizer is not None else None
+    except DataError:
+        pool = None
+    if pool is None:
+        return {f: Shape(batch[f], source, target) for f in formats}
+    builder = FormatBuilder(
+        pool, num_demonstrations=int(data.get("num_demonstrations", 4)), seed=0, newline=newline_separator(tokenizer)
+    )
+    shapes = {}
+    for fmt in formats:
+        built = [builder.build(example, fmt) for example in pool[:LENGTH_SAMPLE]]
+        tokenizer.model_max_length = 1 << 30  # measuring lengths, not feeding a model: no length warning
+        prompts = tokenizer([b.prompt for b in built])["input_ids"]
+        targets = tokenizer([b.target for b in built])["input_ids"]
+        shapes[fmt] = Shape(batch[fmt], min(source, max(map(len, prompts))), min(target, max(map(len, targets)) + 1))
+    return shapes
+
+
 def _width(config) -> int:
     return getattr(config, "d_model", None) or config.hidden_size
 
@@ -138,38 +189,49 @@ def plan(config: dict, device_memory_gib: float) -> tuple[int, list[tuple[str, f
     param_dtype = model_args.get("shard_param_dtype", "bfloat16") if sharded else None
     mixed = "16" in str(trainer.get("precision", "32"))
     compute_bytes = 2 if (param_dtype in ("bfloat16", "float16") or mixed) else 4
-    sizes = data.get("batch_sizes") or {}
-    shape = Shape(
-        batch=max([int(data.get("batch_size", 8)), *(int(v) for v in sizes.values())]),
-        source=int(data.get("max_source_length", 1024)),
-        target=int(data.get("max_target_length", 256)),
-    )
+    shapes = format_shapes(data, _tokenizer(model_args["model_name_or_path"]))
     if encoder_decoder:
         layers, decoder_layers = hf_config.num_layers, getattr(hf_config, "num_decoder_layers", None) or 0
     else:  # a decoder-only block counts as an "encoder" block over prompt + target
         layers, decoder_layers = hf_config.num_hidden_layers, 0
-        shape = Shape(shape.batch, shape.source + shape.target, shape.target)
+
+    def _decoder_only(shape: Shape) -> Shape:
+        return shape if encoder_decoder else Shape(shape.batch, shape.source + shape.target, shape.target)
+
     from specialight.sharding import block_classes
 
     classes = block_classes(model)
     block_params = max(sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, classes))
-    encoder, decoder, boundary = _block_activation_bytes(hf_config, shape, compute_bytes)
-    if model_args.get("gradient_checkpointing", False):
-        activations = (layers + decoder_layers) * boundary + max(encoder, decoder)
-    else:
-        activations = layers * encoder + decoder_layers * decoder
-    logits = 2 * shape.batch * shape.target * hf_config.vocab_size * 4
+
+    def step_bytes(shape: Shape) -> tuple[float, float]:
+        encoder, decoder, boundary = _block_activation_bytes(hf_config, shape, compute_bytes)
+        if model_args.get("gradient_checkpointing", False):
+            activations = (layers + decoder_layers) * boundary + max(encoder, decoder)
+        else:
+            activations = layers * encoder + decoder_layers * decoder
+        return activations, 2 * shape.batch * shape.target * hf_config.vocab_size * 4
+
+    fmt = max(shapes, key=lambda f: sum(step_bytes(_decoder_only(shapes[f]))))
+    shape = shapes[fmt]
+    activations, logits = step_bytes(_decoder_only(shape))
     rows = [
         ("parameters (fp32)", 4 * parameters / ranks),
         ("gradients (fp32)", 4 * parameters / ranks),
         ("AdamW state (2 x fp32)", 8 * parameters / ranks),
         ("gathered blocks (compute + prefetch)", 2 * block_params * compute_bytes if ranks > 1 else 0.0),
-        (f"activations (B={shape.batch}, S={shape.source}, T={shape.target})", activations),
+        (f"activations ({fmt}: B={shape.batch}, S={shape.source}, T={shape.target})", activations),
         ("logits + their gradient (fp32)", logits),
     ]
+    # evaluation between steps: gradients and activations are freed, and a sharded model is gathered whole on
+    # every rank in its compute dtype while it generates (`specialight.sharding.full_parameters`)
+    whole = parameters * compute_bytes if ranks > 1 else 0.0
+    evaluation = rows[0][1] + rows[2][1] + whole
     rows = [(name, value / GIB) for name, value in rows]
-    total = sum(value for _, value in rows)
-    rows.append((f"total per rank ({ranks} rank{'s' if ranks > 1 else ''})", total))
+    training = sum(value for _, value in rows)
+    plural = "s" if ranks > 1 else ""
+    rows.append((f"training step per rank ({ranks} rank{plural})", training))
+    rows.append(("evaluation per rank (states + whole model gathered)", evaluation / GIB))
+    rows.append((f"total per rank ({ranks} rank{plural}): the larger", max(training, evaluation / GIB)))
     return parameters, rows
 
 
