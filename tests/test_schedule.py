@@ -8,6 +8,7 @@ from specialight.module import SpecializationModule
 
 def schedule(model_dir, **options):
     module = SpecializationModule(str(model_dir), **options)
+    module.configure_model()  # the trainer builds the student before it asks for the optimizer
     module.trainer = SimpleNamespace(estimated_stepping_batches=30, num_training_batches=20)
     configured = module.configure_optimizers()
     factor = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]

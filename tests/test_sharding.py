@@ -62,10 +62,15 @@ def _fit(model_dir, data_dir, root, steps_out, *extra):
 
 @pytest.fixture(scope="module")
 def deterministic_t5_dir(tiny_t5_dir, tmp_path_factory):
-    """The tiny random T5 without dropout, so two runs differ only by how they are distributed."""
+    """The tiny random T5 without dropout, so two runs differ only by how they are distributed, and with an
+    output head of its own, as FlanT5 (T5 v1.1) has."""
+    import torch
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     model = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir, dropout_rate=0.0)
+    generator = torch.Generator().manual_seed(1)
+    head = torch.randn(model.lm_head.weight.shape, generator=generator) * 0.05
+    model.lm_head.weight = torch.nn.Parameter(head)
     folder = tmp_path_factory.mktemp("t5-no-dropout")
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_t5_dir).save_pretrained(folder)

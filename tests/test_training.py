@@ -225,6 +225,51 @@ def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
     assert evaluations[0]["scores"] == single_summary["scores"] and evaluations[0]["n"]["svamp_dev"] == 3
 
 
+@pytest.mark.slow
+def test_ranks_with_batches_of_different_sizes_evaluate_at_the_same_steps(tiny_t5_dir, data_dir, tmp_path):
+    # per-format batch sizes give the two ranks batches of different sizes at the same step: the examples
+    # counted towards the cadence are summed over ranks, or one rank would evaluate (a collective) alone
+    result = cli(
+        "fit",
+        f"--model.model_name_or_path={tiny_t5_dir}",
+        f"--data.data_dir={data_dir}",
+        "--data.limit=9",
+        "--data.batch_size=1",
+        "--data.batch_sizes={zero_shot_cot: 1, zero_shot_answer_only: 3}",
+        "--data.formats={zero_shot_cot: 1.0, zero_shot_answer_only: 1.0}",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_checkpointing=false",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=tests.helpers.RecordSteps",
+        f"--trainer.callbacks.out={tmp_path / 'steps'}",
+        "--trainer.callbacks+=specialight.callbacks.PeriodicEvaluation",
+        "--trainer.callbacks.suites=[nll_bbh_ao]",
+        "--trainer.callbacks.bbh_tasks=[navigate]",
+        "--trainer.callbacks.limit=1",
+        "--trainer.callbacks.every_n_examples=5",
+        f"--trainer.callbacks.data_dir={data_dir}",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [read_steps(tmp_path / "steps", r) for r in (0, 1)]
+    sizes = [[len(s["units"]) for s in steps] for steps in ranks]
+    assert sizes[0] != sizes[1] and len(sizes[0]) == len(sizes[1])  # the ranks saw different batch sizes
+    seen, expected = 0, [0]
+    for step, (a, b) in enumerate(zip(*sizes), start=1):
+        if (seen + a + b) // 5 > seen // 5:
+            expected.append(step)
+        seen += a + b
+    expected += [] if expected[-1] == len(sizes[0]) else [len(sizes[0])]  # the closing evaluation
+    evaluations = [json.loads(line) for line in next((tmp_path / "runs").rglob("evaluations.jsonl")).open()]
+    assert [e["step"] for e in evaluations] == expected and len(expected) > 2
+
+
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_parses(config, capsys, monkeypatch):
     from specialight.training import run_lightning_cli

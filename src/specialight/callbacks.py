@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from specialight.evaluation.evaluator import EvalSettings, Evaluator
@@ -196,7 +197,10 @@ class PeriodicEvaluation(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         seen = self.examples_seen
-        self.examples_seen += int(batch["input_ids"].shape[0]) * trainer.world_size
+        # summed over ranks: batches of one step differ in size across ranks (per-format batch sizes, an
+        # epoch's last batch of a format), and every rank must decide to evaluate at the same step
+        size = torch.tensor(float(batch["input_ids"].shape[0]), device=pl_module.device)
+        self.examples_seen += int(trainer.strategy.reduce(size, reduce_op="sum").item())
         if self.examples_seen // self.every_n_examples > seen // self.every_n_examples:
             self.evaluate(trainer, pl_module)
         elif (every := self.likelihood_every_n_examples) and self.examples_seen // every > seen // every:
@@ -212,9 +216,7 @@ class PeriodicEvaluation(L.Callback):
             self.evaluate(trainer, pl_module, kinds=("generation",))
 
 
-def _tensor(value: float):
-    import torch
-
+def _tensor(value: float) -> torch.Tensor:
     return torch.tensor(value)
 
 

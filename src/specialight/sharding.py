@@ -73,18 +73,24 @@ def load_sharded_student(
 
     path = resolve_model(name_or_path)
     config = AutoConfig.from_pretrained(path)
+    whole = load_student(path) if dist.get_rank() == 0 else None
+    # what only the loaded model knows: whether its output head is a tensor of its own (transformers 5 builds
+    # every T5 with a tied head, and unties it when a checkpoint holds both, as FlanT5's do), and the buffers
+    # outside the state dict (rotary tables)
+    known = [_layout(whole) if whole is not None else None]
+    dist.broadcast_object_list(known, src=0)
+    separate_head, buffers = known[0]
     with torch.device("meta"):  # parameters and buffers take no memory; tied weights stay one object
         model = student_class(config).from_config(config, dtype=torch.float32)
+        head = model.get_output_embeddings()
+        if separate_head and head.weight is model.get_input_embeddings().weight:
+            head.weight = nn.Parameter(torch.empty_like(head.weight))
     if gradient_checkpointing:
         # per block, before sharding: each block's activations are recomputed inside its own all-gather
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     shard(model, mesh, param_dtype)
     model.to_empty(device=device)  # this rank's shards, allocated in place (ties kept), values still unset
-    whole = load_student(path) if dist.get_rank() == 0 else None
-    # buffers outside the state dict (rotary tables) come from rank zero's whole model, like the weights
-    shared = [{name: b for name, b in whole.named_buffers()} if whole is not None else None]
-    dist.broadcast_object_list(shared, src=0)
-    for name, buffer in shared[0].items():
+    for name, buffer in buffers.items():
         owner, _, leaf = name.rpartition(".")
         model.get_submodule(owner).get_buffer(leaf).copy_(buffer)
     full = whole.state_dict() if whole is not None else {}
@@ -92,6 +98,13 @@ def load_sharded_student(
     del whole, full
     logger.info("%s sharded over %d ranks (param dtype %s)", name_or_path, mesh.size(), param_dtype or "float32")
     return model
+
+
+def _layout(model: nn.Module) -> tuple[bool, dict[str, torch.Tensor]]:
+    """Whether ``model``'s output head has its own weight, and its buffers."""
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    separate = head is not None and head.weight is not embeddings.weight
+    return separate, {name: buffer for name, buffer in model.named_buffers()}
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -124,4 +137,7 @@ def full_parameters(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module in modules:
             module.reshard()
+        # fully_shard's defaults: blocks reshard after forward; the root keeps its parameters (used at once by
+        # the backward)
         model.set_reshard_after_forward(True, recurse=True)
+        model.set_reshard_after_forward(False, recurse=False)

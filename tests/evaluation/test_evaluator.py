@@ -62,6 +62,20 @@ def test_scores_are_computed_from_extracted_answers(data_dir):
     assert records[1]["extracted"] == "1000001"
 
 
+def test_a_t5_student_writing_the_newline_stand_in_is_graded_line_by_line(data_dir):
+    from specialight.data.formats import NEWLINE_STAND_IN
+
+    cot = build_items("bbh_cot", data_dir, NEWLINE_STAND_IN, limit=1, bbh_tasks=["snarks"])[0]
+    answer_only = build_items("bbh_ao", data_dir, NEWLINE_STAND_IN, limit=1, bbh_tasks=["snarks"])[0]
+    completions = [f"Sarcasm is ironic. So the answer is {cot.gold}. | | Q: next", f"{answer_only.gold} | |"]
+    results, records = score([cot, answer_only], completions)
+    assert [r["correct"] for r in records] == [True, True]
+    assert records[0]["completion"] == completions[0]  # the record keeps what the model wrote
+    # the same answers run past their line: no credit, as the BBH authors grade
+    _, records = score([cot, answer_only], [f"So the answer is {cot.gold} or (C).", f"{answer_only.gold} maybe"])
+    assert [r["correct"] for r in records] == [False, False]
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "t5"])
 def test_batched_generation_equals_one_at_a_time(kind, request, data_dir):
     folder = request.getfixturevalue(f"tiny_{kind}_dir")

@@ -33,9 +33,7 @@ class SuiteCounts(Metric):
 
     def __init__(self, num_suites: int) -> None:
         super().__init__()
-        self.add_state(
-            "counts", default=torch.zeros(num_suites, len(FIELDS), dtype=torch.float64), dist_reduce_fx="sum"
-        )
+        self.add_state("counts", default=torch.zeros(num_suites, len(FIELDS), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, counts: torch.Tensor) -> None:
         self.counts += counts.to(self.counts)
@@ -44,10 +42,14 @@ class SuiteCounts(Metric):
         return self.counts
 
 
-def sum_counts(suites: list[str], local: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:
-    """``suite -> (correct, total, shortened)`` summed over ranks; ``suites`` is the same list on every rank."""
-    metric = SuiteCounts(len(suites))
-    metric.update(torch.tensor([local.get(s, (0, 0, 0)) for s in suites], dtype=torch.float64))
+def sum_counts(
+    suites: list[str], local: dict[str, tuple[int, int, int]], device: torch.device | str = "cpu"
+) -> dict[str, tuple[int, int, int]]:
+    """``suite -> (correct, total, shortened)`` summed over ranks; ``suites`` is the same list on every rank.
+
+    ``device``: where the counts meet, the model's device (NCCL reduces CUDA tensors only)."""
+    metric = SuiteCounts(len(suites)).to(device)
+    metric.update(torch.tensor([local.get(s, (0, 0, 0)) for s in suites], dtype=torch.long))
     summed = metric.compute()
     return {s: tuple(int(v) for v in summed[i].tolist()) for i, s in enumerate(suites)}
 

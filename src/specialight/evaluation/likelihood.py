@@ -65,7 +65,7 @@ def _reference_cot(data_dir, tasks: list[str]) -> dict[tuple[str, int], str]:
                 task, index, prediction, target = row["task"], int(row["index"]), row["prediction"], row["target"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise DataError(f"{path}:{number}: expected task, index, target, prediction ({err})") from err
-            if task in tasks and is_correct(prediction, target, f"bbh/{task}"):
+            if task in tasks and is_correct(prediction, target, f"bbh/{task}", cot=True):
                 kept[(task, index)] = prediction.strip()
     return kept
 
