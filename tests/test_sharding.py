@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.helpers import read_steps
 from tests.test_training import cli
@@ -133,6 +134,18 @@ def test_sharded_training_matches_one_process_and_resumes(deterministic_t5_dir, 
 
     checkpoint = next((tmp_path / "ckpt").glob("*step=2.ckpt"))
     assert checkpoint.is_dir() and len(list(checkpoint.glob("*.distcp"))) == 2  # one shard file per rank
+
+    # the sharded checkpoint exports (gathered into one file first) with its own output head intact
+    from transformers import T5ForConditionalGeneration
+
+    from specialight.export import export_checkpoint
+
+    exported = T5ForConditionalGeneration.from_pretrained(export_checkpoint(checkpoint, tmp_path / "export"))
+    start = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)
+    assert exported.lm_head.weight is not exported.shared.weight
+    assert not torch.equal(exported.lm_head.weight, exported.shared.weight)
+    assert not torch.equal(exported.lm_head.weight, start.lm_head.weight)  # two steps of training moved it
+    assert torch.allclose(exported.lm_head.weight, start.lm_head.weight, atol=0.05)  # from where it started
 
     (tmp_path / "resumed").mkdir()
     resumed = _fit(

@@ -38,10 +38,12 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | None = Non
     from specialight.lora import merged
     from specialight.models import load_tokenizer
     from specialight.module import SpecializationModule
+    from specialight.sharding import consolidated
 
     ckpt, out = Path(ckpt), Path(out)
-    if not ckpt.is_file():
+    if not ckpt.exists():
         raise FileNotFoundError(f"no checkpoint at {ckpt}")
+    source, ckpt = ckpt, consolidated(ckpt)  # a sharded checkpoint folder becomes one file beside it
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -60,12 +62,12 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | None = Non
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    card = model_card(stored, ckpt, dict(module.hparams), encoder_decoder=module.encoder_decoder)
+    card = model_card(stored, source, dict(module.hparams), encoder_decoder=module.encoder_decoder)
     (partial / "README.md").write_text(card, encoding="utf-8")
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     partial.rename(out)
-    logger.info("exported %s (step %s) to %s", ckpt, stored.get("global_step"), out)
+    logger.info("exported %s (step %s) to %s", source, stored.get("global_step"), out)
     return out
 
 
@@ -119,7 +121,9 @@ def model_card(stored: dict[str, Any], ckpt: Path, hparams: dict[str, Any], enco
         "## Selection",
         "",
     ]
-    selection = ckpt.parent / "selection.md"
+    from specialight.training import run_folder
+
+    selection = run_folder(ckpt) / "selection.md"  # beside best.ckpt, or above checkpoints/last.ckpt
     if selection.is_file():
         lines += [f"`{selection.name}` of the run (scores in %):", "", selection.read_text(encoding="utf-8").strip()]
     else:

@@ -7,9 +7,9 @@ full sharding over ``devices x num_nodes`` ranks (`ModelParallelStrategy`), or w
 - AdamW state: two fp32 moments, divided by the ranks;
 - gathered blocks: under sharding, the whole parameters of the block in compute and the one prefetched
   (``shard_param_dtype``, bf16 by default);
-- evaluation, between steps: parameters and optimizer state stay, gradients and activations are gone, and a
-  sharded model is gathered whole on every rank in its compute dtype while it generates (KV caches of the
-  evaluation batch are not counted);
+- evaluation, between steps: parameters, gradients (zeroed only in the next step) and optimizer state stay,
+  activations are gone, and a sharded model is gathered whole on every rank in its compute dtype while it
+  generates (KV caches of the evaluation batch are not counted);
 - activations of the config's heaviest batch: each format at its own batch size, with the longest prompt
   and target among 64 GSM8K tuning questions in that format (the student's tokenizer; offline, the shared
   T5 tokenizer for a T5-family hub id), capped at the config's maximum lengths: with gradient checkpointing,
@@ -222,10 +222,11 @@ def plan(config: dict, device_memory_gib: float) -> tuple[int, list[tuple[str, f
         (f"activations ({fmt}: B={shape.batch}, S={shape.source}, T={shape.target})", activations),
         ("logits + their gradient (fp32)", logits),
     ]
-    # evaluation between steps: gradients and activations are freed, and a sharded model is gathered whole on
-    # every rank in its compute dtype while it generates (`specialight.sharding.full_parameters`)
+    # evaluation between steps: activations are freed, gradients not yet (Lightning zeroes them in the next
+    # step), and a sharded model is gathered whole on every rank in its compute dtype while it generates
+    # (`specialight.sharding.full_parameters`)
     whole = parameters * compute_bytes if ranks > 1 else 0.0
-    evaluation = rows[0][1] + rows[2][1] + whole
+    evaluation = rows[0][1] + rows[1][1] + rows[2][1] + whole
     rows = [(name, value / GIB) for name, value in rows]
     training = sum(value for _, value in rows)
     plural = "s" if ranks > 1 else ""

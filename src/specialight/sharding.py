@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -141,3 +142,27 @@ def full_parameters(model: nn.Module) -> Iterator[nn.Module]:
         # the backward)
         model.set_reshard_after_forward(True, recurse=True)
         model.set_reshard_after_forward(False, recurse=False)
+
+
+def consolidated(ckpt: Path) -> Path:
+    """A checkpoint as one file for loading weights (export, evaluation): a sharded checkpoint folder (a
+    ``.distcp`` file per rank and ``meta.pt``) is gathered once into ``<folder>.consolidated`` beside it,
+    without the optimizer state (resume from the folder itself); a checkpoint file comes back as it is."""
+    if not ckpt.is_dir():
+        return ckpt
+    meta = ckpt / "meta.pt"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{ckpt} is a folder but not a sharded checkpoint (it has no meta.pt)")
+    out = ckpt.with_name(ckpt.name + ".consolidated")
+    if not out.is_file() or out.stat().st_mtime < meta.stat().st_mtime:
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+        logger.info("consolidating the sharded checkpoint %s into %s", ckpt, out)
+        checkpoint = _load_distributed_checkpoint(ckpt)
+        if "model" in checkpoint:  # FSDPStrategy's layout names the weights "model"
+            checkpoint["state_dict"] = checkpoint.pop("model")
+        checkpoint = {key: value for key, value in checkpoint.items() if not key.startswith("optimizer_")}
+        partial = out.with_name(out.name + ".partial")
+        torch.save(checkpoint, partial)
+        partial.replace(out)
+    return out

@@ -56,8 +56,8 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 def find_resumable(root: str | Path) -> Path | None:
-    """The newest ``last.ckpt`` under ``root``, or ``None``."""
-    found = [path for path in Path(root).rglob("last.ckpt") if path.is_file()]
+    """The newest ``last.ckpt`` under ``root`` (a file, or a sharded checkpoint's folder), or ``None``."""
+    found = [path for path in Path(root).rglob("last.ckpt") if path.is_file() or (path / "meta.pt").is_file()]
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 

@@ -6,6 +6,7 @@ import torch
 from specialight.data.formats import newline_separator
 from specialight.evaluation.likelihood import (
     LIKELIHOOD_SUITES,
+    ScoredText,
     build_texts,
     paired_difference,
     summarize,
@@ -69,15 +70,25 @@ def test_a_prompt_longer_than_the_context_loses_its_left_edge(tiny_gpt2_dir, dat
     lengths = [len(tokenizer.encode(t.prompt + t.target)) for t in texts]
     assert max(lengths) > model.config.n_positions  # 3-shot CoT prompts overflow GPT-2's 1,024 positions
     values = token_nlls(model, tokenizer, texts, batch_size=3, progress=False)
-    assert all(v > 0 and v == v for v in values)
+    # the prompt keeps its last tokens (the question and the answer cue), the target is whole
+    limit = model.config.n_positions
+    for text, value in zip(texts, values):
+        target = tokenizer.encode(text.target, add_special_tokens=False)
+        prompt = tokenizer.encode(text.prompt)[-(limit - len(target)) :]
+        kept = ScoredText(text.suite, text.id, tokenizer.decode(prompt), text.target)
+        assert tokenizer.encode(kept.prompt) == prompt
+        assert value == pytest.approx(_direct_nll(model, tokenizer, kept), rel=1e-4)
 
 
 def test_paired_difference_is_zero_for_the_same_model_and_moves_when_trained_on_the_text(tiny_gpt2_dir, data_dir):
     model, tokenizer = _load(tiny_gpt2_dir)
     texts = build_texts("nll_gsm8k_dev_zero_shot", data_dir, None, limit=12)
     before = dict(zip([t.id for t in texts], token_nlls(model, tokenizer, texts, progress=False)))
-    same = paired_difference(before, dict(before))
-    assert same["mean"] == 0 and same["low"] <= 0 <= same["high"] and same["n"] == 12
+    # the same model scored again, in another batching: the paired change is nothing
+    again = dict(zip([t.id for t in texts], token_nlls(model, tokenizer, texts, batch_size=5, progress=False)))
+    same = paired_difference(before, again)
+    assert abs(same["mean"]) < 1e-5 and same["low"] <= 0 <= same["high"] and same["n"] == 12
+    assert same["high"] - same["low"] < 1e-4
 
     torch.manual_seed(0)
     model.train()

@@ -320,16 +320,19 @@ def format_table(results: Results, per_task: bool = False) -> str:
 
 
 def load_for_evaluation(model: str, device: str = "cpu"):
-    """A model and its tokenizer from a folder, hub id or alias, or a specialight ``.ckpt``."""
+    """A model and its tokenizer from a folder, hub id or alias, or a specialight ``.ckpt`` (a file, or a
+    sharded checkpoint's folder)."""
     import torch
 
     from specialight.models import load_student, load_tokenizer
 
     if model.endswith(".ckpt"):
-        if not Path(model).is_file():
+        if not Path(model).exists():
             raise FileNotFoundError(f"{model}: no such checkpoint file")
         from specialight.module import SpecializationModule
+        from specialight.sharding import consolidated
 
-        module = SpecializationModule.load_from_checkpoint(model, map_location=torch.device(device))
+        # a sharded checkpoint (a folder) is gathered into one file first
+        module = SpecializationModule.load_from_checkpoint(consolidated(Path(model)), map_location=torch.device(device))
         return module.model.eval(), load_tokenizer(module.hparams.model_name_or_path)
     return load_student(model).to(device).eval(), load_tokenizer(model)
