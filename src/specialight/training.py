@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from specialight.data.datamodule import SpecializationDataModule
+from specialight.memory import return_freed_memory
 from specialight.module import SpecializationModule
 
 
@@ -40,6 +41,7 @@ class SpecializationCLI(LightningCLI):
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> SpecializationCLI:
     """Run one LightningCLI command (``fit``, ``validate``, ...) and return the CLI object."""
+    return_freed_memory()
     return SpecializationCLI(
         SpecializationModule,
         SpecializationDataModule,
