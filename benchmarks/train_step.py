@@ -224,7 +224,7 @@ def main() -> None:
         cfg = config(kind)
         cls = AutoModelForSeq2SeqLM if cfg.is_encoder_decoder else AutoModelForCausalLM
         cls.from_config(cfg).save_pretrained(tmp / kind)
-        for path in ("today", "chunked"):
+        for path in ("chunked", "today"):  # the chunked cases first: the figures the targets are on
             for loss_name in ("sm", "dm"):
                 command = [sys.executable, __file__, "--rows", str(args.rows), "--case"]
                 command += [kind, path, loss_name, str(tmp / kind)]
