@@ -57,6 +57,21 @@ def test_batches_hold_one_format_and_cover_every_unit_once(tiny_t5_dir, data_dir
     assert sorted(seen) == list(range(len(dm.dataset))) == list(range(32))
 
 
+@pytest.mark.parametrize("multiple", [1, 64])
+def test_collate_pads_lengths_to_a_multiple(tiny_t5_dir, data_dir, aligned_t5, multiple):
+    dm = datamodule(tiny_t5_dir, data_dir, teacher_data=str(aligned_t5), pad_to_multiple_of=multiple)
+    dm.setup("fit")
+    examples = [dm.encode(dm.dataset.items[i], "zero_shot_cot") for i in range(3)]
+    batch = dm.collate(examples)
+    longest = max(len(e["input_ids"]) for e in examples), max(len(e["labels"]) for e in examples)
+    for length, key in zip(longest, ("input_ids", "labels")):
+        size = batch[key].shape[1]
+        assert size % multiple == 0 and length <= size < length + multiple
+    assert batch["topk_ids"].shape[1] == batch["labels"].shape[1]
+    assert int(batch["attention_mask"].sum()) == sum(len(e["input_ids"]) for e in examples)
+    assert int((batch["labels"] != -100).sum()) == sum(len(e["labels"]) for e in examples)
+
+
 def test_causal_labels_mask_the_prompt_and_end_with_eos(tiny_gpt2_dir, data_dir):
     dm = datamodule(tiny_gpt2_dir, data_dir)
     dm.setup("fit")

@@ -1,16 +1,29 @@
-"""Loss plugins: a `SpecializationLoss` maps ``(logits, batch)`` to a scalar; pick one by ``class_path``.
+"""Loss plugins: a `SpecializationLoss` maps ``(hidden, head, batch)`` to a scalar; pick one by ``class_path``.
 
-Shapes: ``logits`` ``[B, T, V]`` already aligned with ``batch["labels"]`` ``[B, T]`` (the module shifts
-decoder-only logits by one), ignored positions hold ``IGNORE_INDEX``. Sparse teacher targets, where the
-batch has them: ``batch["topk_ids"]`` ``[B, T, k]`` and ``batch["topk_probs"]`` ``[B, T, k]`` (from
-``specialight align``; one-hot rows where the alignment was not one-to-one). ``batch["format_ids"]``
-``[B]`` indexes `specialight.data.formats.FORMATS`.
+A plugin is a small `nn.Module` that writes only its per-position math, `SpecializationLoss.per_position`
+on logits ``[..., V]``, and the targets it reads from a batch, `SpecializationLoss.position_targets`.
+The base class does the rest once: masking of ignored positions, the token mean and memory.
+
+Memory: the student's logits ``[B, T, V]`` are never held whole. `SpecializationLoss.forward` takes the
+final hidden states ``hidden`` ``[B, T, D]`` and the output layer `OutputHead`, keeps only the scored
+positions and walks them in chunks of about `SpecializationLoss.chunk_elements` logits: per chunk it
+projects, computes the loss, and (in backward, recomputing the chunk's logits) the gradient with
+respect to the hidden states and the projection's weight and bias, as torchtune's chunked-output losses
+and cut-cross-entropy do. `SpecializationLoss.from_logits` is the dense path on whole logits, for
+logits one already has (and tests of the math).
+
+Shapes: ``hidden`` ``[B, T, D]`` (or logits ``[B, T, V]``) already aligned with ``batch["labels"]``
+``[B, T]`` (the module shifts decoder-only positions by one); ignored positions hold ``IGNORE_INDEX``.
+Sparse teacher targets, where the batch has them: ``batch["topk_ids"]`` ``[B, T, k]`` and
+``batch["topk_probs"]`` ``[B, T, k]`` (from ``specialight align``; one-hot rows where the alignment was
+not one-to-one). ``batch["format_ids"]`` ``[B]`` indexes `specialight.data.formats.FORMATS`.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,11 +44,36 @@ def _token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
     return (per_token * mask).sum() / mask.sum().clamp_min(1)
 
 
-class SpecializationLoss(nn.Module):
-    """Base class of loss plugins: masking of ignored positions lives here, once.
+@dataclass
+class OutputHead:
+    """The student's output layer: ``logits = softcap(hidden @ weight.T + bias)``.
 
+    ``weight`` ``[V, D]`` and ``bias`` ``[V]`` are the model's own parameters (gradients reach them);
+    ``softcap`` is ``c`` in ``c * tanh(z / c)`` (Gemma's final logit soft-capping) or None. Any scaling of
+    the hidden states before the projection (T5's ``d_model ** -0.5`` with tied embeddings) is the
+    caller's, already applied to ``hidden``.
+    """
+
+    weight: Tensor
+    bias: Tensor | None = None
+    softcap: float | None = None
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """``[..., D]`` hidden states -> ``[..., V]`` logits."""
+        logits = nn.functional.linear(hidden, self.weight, self.bias)
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+class SpecializationLoss(nn.Module):
+    """Base class of loss plugins: masking, the token mean and chunking live here, once.
+
+    A subclass defines `per_position` (and `position_targets` when it reads more than the labels).
+    ``chunk_elements`` bounds the logits computed at once (positions per chunk: ``chunk_elements // V``).
     Every plugin remembers the arguments it was built with (`init_args`), so a checkpoint rebuilds the
-    same plugin whatever its ``__init__`` takes."""
+    same plugin whatever its ``__init__`` takes.
+    """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -47,13 +85,26 @@ class SpecializationLoss(nn.Module):
         """The arguments of the outermost ``__init__`` call, defaults filled in (empty when it takes none)."""
         return dict(self.__dict__.get("_init_args") or {})
 
-    def forward(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        labels = batch["labels"]
-        mask = (labels != IGNORE_INDEX).to(logits.dtype)
-        return _token_mean(self.per_token(logits, batch, labels.clamp_min(0)), mask)
+    chunk_elements: int = 2**22
 
-    def per_token(self, logits: Tensor, batch: dict[str, Tensor], labels: Tensor) -> Tensor:
-        """Loss at every position, ``[B, T]``; ``labels`` has ignored positions clamped to 0."""
+    def forward(self, hidden: Tensor, head: OutputHead, batch: dict[str, Tensor]) -> Tensor:
+        """Token mean of `per_position` over the scored positions, from ``hidden`` ``[B, T, D]``; scalar."""
+        scored = batch["labels"] != IGNORE_INDEX  # [B, T]
+        targets = {key: value[scored] for key, value in self.position_targets(batch).items()}  # [N, ...]
+        total = _ChunkedHeadLoss.apply(hidden[scored], head.weight, head.bias, head.softcap, self, targets)
+        return total / scored.sum().clamp_min(1)
+
+    def from_logits(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """The same loss from whole logits ``[B, T, V]`` (dense: every position, autograd); scalar."""
+        mask = (batch["labels"] != IGNORE_INDEX).to(logits.dtype)
+        return _token_mean(self.per_position(logits, self.position_targets(batch)), mask)
+
+    def position_targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What `per_position` reads, each ``[B, T, ...]``: here ``labels`` with ignored positions at 0."""
+        return {"labels": batch["labels"].clamp_min(0)}
+
+    def per_position(self, logits: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        """Loss at every position: logits ``[..., V]`` and targets ``[..., ...]`` -> ``[...]``."""
         raise NotImplementedError
 
     @property
@@ -87,11 +138,67 @@ def _recording_init(init):
     return recording_init
 
 
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Sum over positions of ``loss.per_position(head(hidden))``, chunk by chunk, never all logits at once.
+
+    Forward keeps no logits; backward recomputes each chunk's logits, takes the gradient of the chunk's
+    loss with respect to them, and turns it at once into gradients of ``hidden`` ``[N, D]``, ``weight``
+    ``[V, D]`` (accumulated in place, in the weight's dtype) and ``bias`` ``[V]``. Autocast, where on in
+    forward, is on again in backward, so logits are computed in the same precision both times.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, softcap, loss, targets):  # noqa: ANN001, ANN205 (autograd API)
+        device = hidden.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.softcap, ctx.loss, ctx.targets = softcap, loss, targets
+        ctx.save_for_backward(hidden, weight, bias)
+        head = OutputHead(weight, bias, softcap)
+        total = hidden.new_zeros((), dtype=_wide(hidden).dtype)
+        for rows in _chunks(hidden.shape[0], weight.shape[0], loss.chunk_elements):
+            chunk = {key: value[rows] for key, value in targets.items()}
+            total += loss.per_position(head.logits(hidden[rows]), chunk).sum()
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: Tensor):  # noqa: ANN205 (autograd API)
+        hidden, weight, bias = ctx.saved_tensors
+        device, autocast, autocast_dtype = ctx.autocast
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
+        for rows in _chunks(hidden.shape[0], weight.shape[0], ctx.loss.chunk_elements):
+            chunk = {key: value[rows] for key, value in ctx.targets.items()}
+            inputs = hidden[rows].detach()
+            with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype, enabled=autocast):
+                projected = nn.functional.linear(inputs, weight.detach(), None if bias is None else bias.detach())
+                projected = projected.detach().requires_grad_(True)
+                logits = projected
+                if ctx.softcap is not None:
+                    logits = torch.tanh(projected / ctx.softcap) * ctx.softcap
+                per_position = ctx.loss.per_position(logits, chunk)
+                (grad_logits,) = torch.autograd.grad(per_position.sum(), projected)
+            grad_logits = grad_logits.to(weight.dtype) * grad_total.to(weight.dtype)  # [n, V]
+            if grad_hidden is not None:
+                grad_hidden[rows] = (grad_logits @ weight).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, inputs.to(weight.dtype))
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _chunks(positions: int, vocabulary: int, chunk_elements: int) -> list[slice]:
+    """Slices of ``positions`` rows, each of at most ``chunk_elements // vocabulary`` rows (at least 1)."""
+    size = max(chunk_elements // vocabulary, 1)
+    return [slice(start, min(start + size, positions)) for start in range(0, positions, size)]
+
+
 class SampleMatching(SpecializationLoss):
     """Token cross-entropy on the target text (a teacher sample or a gold rationale)."""
 
-    def per_token(self, logits: Tensor, batch: dict[str, Tensor], labels: Tensor) -> Tensor:
-        return nn.functional.cross_entropy(_wide(logits).transpose(1, 2), labels, reduction="none")
+    def per_position(self, logits: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        return nn.functional.cross_entropy(_wide(logits).movedim(-1, 1), targets["labels"], reduction="none")
 
 
 class DistributionMatching(SpecializationLoss):
@@ -116,14 +223,20 @@ class DistributionMatching(SpecializationLoss):
     def needs_teacher_distributions(self) -> bool:
         return True
 
-    def per_token(self, logits: Tensor, batch: dict[str, Tensor], labels: Tensor) -> Tensor:
+    def position_targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if "topk_ids" not in batch:
             raise ValueError(
                 "DistributionMatching needs teacher top-k targets in the batch: give the data module aligned "
                 "targets from `specialight align` (teacher_data: DIR), or use SampleMatching"
             )
+        labels = batch["labels"].clamp_min(0)
         use_kl = self.chosen[batch["format_ids"]].unsqueeze(-1).expand_as(labels)  # [B, T]
-        return SparseKL.apply(logits, batch["topk_ids"], batch["topk_probs"].detach(), labels, use_kl)
+        ids, probs = batch["topk_ids"], batch["topk_probs"].detach()
+        return {"labels": labels, "topk_ids": ids, "topk_probs": probs, "use_kl": use_kl}
+
+    def per_position(self, logits: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        ids, probs, labels, use_kl = (targets[key] for key in ("topk_ids", "topk_probs", "labels", "use_kl"))
+        return SparseKL.apply(logits, ids, probs, labels, use_kl)
 
 
 class SparseKL(torch.autograd.Function):
@@ -131,16 +244,16 @@ class SparseKL(torch.autograd.Function):
 
     A hand-written backward keeps the memory of plain cross-entropy: the gradient
     ``(sum_k p_k) softmax(z) - scatter(p)`` (KL) or ``softmax(z) - onehot(label)`` (CE) is built in one
-    ``[B, T, V]`` buffer, where autograd through ``logsumexp`` and ``gather`` would hold two or three.
-    Shapes: ``logits`` ``[B, T, V]``, ``ids``/``probs`` ``[B, T, k]``, ``labels``/``use_kl`` ``[B, T]``;
-    returns ``[B, T]``. The teacher ``probs`` get no gradient.
+    ``[..., V]`` buffer, where autograd through ``logsumexp`` and ``gather`` would hold two or three.
+    Shapes: ``logits`` ``[..., V]``, ``ids``/``probs`` ``[..., k]``, ``labels``/``use_kl`` ``[...]``;
+    returns ``[...]``. The teacher ``probs`` get no gradient.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, ids: Tensor, probs: Tensor, labels: Tensor, use_kl: Tensor) -> Tensor:
-        log_normalizer = torch.logsumexp(_wide(logits), dim=-1)  # [B, T]
+        log_normalizer = torch.logsumexp(_wide(logits), dim=-1)  # [...]
         probs = probs.to(log_normalizer.dtype)
-        student = _wide(torch.gather(logits, -1, ids)) - log_normalizer.unsqueeze(-1)  # [B, T, k]
+        student = _wide(torch.gather(logits, -1, ids)) - log_normalizer.unsqueeze(-1)  # [..., k]
         teacher_log = torch.where(probs > 0, probs.clamp_min(1e-30).log(), torch.zeros_like(probs))
         kl = (probs * (teacher_log - student)).sum(-1)
         cross_entropy = log_normalizer - _wide(torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1))
@@ -151,8 +264,8 @@ class SparseKL(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         logits, ids, probs, labels, use_kl, log_normalizer = ctx.saved_tensors
         grad_output = grad_output.to(log_normalizer.dtype)
-        mass = torch.where(use_kl, probs.sum(-1), torch.ones_like(grad_output))  # [B, T]
-        grad = (_wide(logits) - log_normalizer.unsqueeze(-1)).exp_()  # softmax, [B, T, V]
+        mass = torch.where(use_kl, probs.sum(-1), torch.ones_like(grad_output))  # [...]
+        grad = (_wide(logits) - log_normalizer.unsqueeze(-1)).exp_()  # softmax, [..., V]
         grad.mul_((grad_output * mass).unsqueeze(-1))
         kl_weight = torch.where(use_kl, grad_output, torch.zeros_like(grad_output)).unsqueeze(-1)
         grad.scatter_add_(-1, ids, -(probs * kl_weight))

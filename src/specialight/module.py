@@ -21,7 +21,7 @@ from jsonargparse import lazy_instance
 from torch import Tensor
 
 from specialight.data.formats import FORMATS
-from specialight.losses import IGNORE_INDEX, SampleMatching, SpecializationLoss
+from specialight.losses import IGNORE_INDEX, OutputHead, SampleMatching, SpecializationLoss
 from specialight.models import is_encoder_decoder, load_student
 
 
@@ -102,6 +102,7 @@ class SpecializationModule(L.LightningModule):
         self.hparams["loss"] = spec
         self.model: torch.nn.Module | None = None
         self.encoder_decoder = is_encoder_decoder(model_name_or_path)
+        self._chunked = True
         self._keeps_logits = False
         self.run_config: dict[str, Any] | None = None
         self._step_started: float | None = None
@@ -133,7 +134,13 @@ class SpecializationModule(L.LightningModule):
 
                 model = apply_lora(model, dict(hp.peft))
         self.model = model.train()  # from_pretrained returns eval mode
-        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        # the chunked losses read the trunk's hidden states and the output layer directly; a sharded student
+        # must run its forward through FSDP's root and a LoRA one through peft's wrapper: whole logits there
+        self._chunked = mesh is None and not hp.peft
+        if self._chunked:
+            self._check_output_head()
+        base = self.model.get_base_model() if hp.peft else self.model
+        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -149,18 +156,53 @@ class SpecializationModule(L.LightningModule):
             )
 
     def _first_prediction(self, batch: dict[str, Tensor]) -> int:
-        """Decoder-only: the first position whose logits predict a label (the shortest prompt's last token).
-
-        Logits before it are never scored; with ``logits_to_keep`` the model does not compute them, which
-        saves the vocabulary projection of every prompt token (most of an in-context prompt)."""
-        if not self._keeps_logits:
-            return 0
+        """Decoder-only: the first position whose hidden state predicts a label (the shortest prompt's last
+        token). Positions before it are never scored, so `forward` drops them before the loss."""
         scored = (batch["labels"] != IGNORE_INDEX).any(dim=0).nonzero()
         return max(int(scored[0]) - 1, 0) if scored.numel() else 0
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Logits aligned with `targets`: ``[B, T, V]`` (decoder-only: shifted by one, from the first scored
-        position on)."""
+    def output_head(self) -> OutputHead:
+        """The student's output layer (weight, bias, final logit soft-capping) for the chunked losses."""
+        layer = self.model.get_output_embeddings()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        return OutputHead(layer.weight, getattr(layer, "bias", None), softcap)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, OutputHead]:
+        """Final hidden states aligned with `targets`, ``[B, T, D]`` (decoder-only: shifted by one, from the
+        first scored position on), and the output layer that turns them into logits.
+
+        The logits ``[B, T, V]`` are never built here: the loss projects its positions chunk by chunk."""
+        if self.encoder_decoder:
+            encoded = self.model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            hidden = self.model.get_decoder()(
+                input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=batch["labels"]),
+                encoder_hidden_states=encoded.last_hidden_state,
+                encoder_attention_mask=batch["attention_mask"],
+                use_cache=False,
+            ).last_hidden_state
+            config = self.model.config
+            # T5 with tied embeddings rescales before its lm_head (transformers 5: scale_decoder_outputs)
+            if getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", False)):
+                hidden = hidden * config.d_model**-0.5
+            return hidden, self.output_head()
+        start = self._first_prediction(batch)
+        hidden = self.model.base_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
+        return hidden[:, start:-1], self.output_head()
+
+    def targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch's label-side tensors aligned with `forward`'s hidden states."""
+        if self.encoder_decoder:
+            return batch
+        start = self._first_prediction(batch) + 1
+        shifted = {key: batch[key][:, start:] for key in ("labels", "topk_ids", "topk_probs") if key in batch}
+        return {**batch, **shifted}
+
+    def logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """Whole logits aligned with `targets`, ``[B, T, V]``, from the student's own forward (the path of
+        sharded and LoRA students; decoder-only: from the first scored position on, ``logits_to_keep`` where
+        the model takes it)."""
         if self.encoder_decoder:
             decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
             return self.model(
@@ -168,20 +210,45 @@ class SpecializationModule(L.LightningModule):
                 attention_mask=batch["attention_mask"],
                 decoder_input_ids=decoder_input_ids,
             ).logits
-        start = self._first_prediction(batch)
-        keep = {"logits_to_keep": batch["input_ids"].shape[1] - start} if self._keeps_logits else {}
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **keep).logits[:, :-1]
+        length = batch["input_ids"].shape[1] - self._first_prediction(batch)
+        keep = {"logits_to_keep": length} if self._keeps_logits else {}
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **keep).logits
+        return logits[:, -length:-1]
 
-    def targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The batch's label-side tensors aligned with `forward`'s logits."""
-        if self.encoder_decoder:
-            return batch
-        start = self._first_prediction(batch) + 1
-        shifted = {key: batch[key][:, start:] for key in ("labels", "topk_ids", "topk_probs") if key in batch}
-        return {**batch, **shifted}
+    def batch_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The loss plugin's value on ``batch`` (train, validation and test alike); scalar."""
+        if not self._chunked:
+            return self.loss.from_logits(self.logits(batch), self.targets(batch))
+        hidden, head = self(batch)
+        return self.loss(hidden, head, self.targets(batch))
+
+    def _check_output_head(self) -> None:
+        """Refuse a student whose logits are not `output_head` of `forward`'s hidden states (an output
+        scale or offset this module does not know), on a 3-token input."""
+        ids = torch.arange(1, 4).remainder(self.model.config.vocab_size).unsqueeze(0)  # [1, 3]
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+        training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            hidden, head = self(batch)
+            ours = head.logits(hidden)
+            if self.encoder_decoder:
+                decoder_ids = self.model.prepare_decoder_input_ids_from_labels(labels=ids)
+                reference = self.model(input_ids=ids, decoder_input_ids=decoder_ids).logits
+            else:
+                reference = self.model(input_ids=ids).logits[:, :-1]
+        self.model.train(training)
+        scale = float(reference.abs().max().clamp_min(1e-6))
+        if ours.shape != reference.shape or not torch.allclose(ours, reference, rtol=1e-2, atol=1e-2 * scale):
+            raise ValueError(
+                f"{type(self.model).__name__}: its logits are not its output layer applied to its final hidden "
+                "states (an output scale or offset specialight does not know), so the chunked losses cannot "
+                "train it; supported: T5/FlanT5 and decoder-only models with a plain lm_head (bias and final "
+                "logit soft-capping included)"
+            )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(self(batch), self.targets(batch))
+        loss = self.batch_loss(batch)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         formats = batch["format_ids"].unique()
@@ -197,12 +264,12 @@ class SpecializationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(self(batch), self.targets(batch))
+        loss = self.batch_loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(self(batch), self.targets(batch))
+        loss = self.batch_loss(batch)
         self.log("test/loss", loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 

@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from specialight.data.datamodule import SpecializationDataModule
+from specialight.memory import return_freed_memory
 from specialight.module import SpecializationModule
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class SpecializationCLI(LightningCLI):
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> SpecializationCLI:
     """Run one LightningCLI command (``fit``, ``validate``, ...) and return the CLI object."""
+    return_freed_memory()
     return SpecializationCLI(
         SpecializationModule,
         SpecializationDataModule,

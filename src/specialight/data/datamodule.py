@@ -95,6 +95,8 @@ class SpecializationDataModule(L.LightningDataModule):
         only_correct: with teacher samples, keep those whose answer was correct.
         seed: data order and demonstrations.
         num_workers: DataLoader worker processes.
+        pad_to_multiple_of: pad every batch's lengths up to a multiple of this, so that batch shapes repeat
+            and the allocator reuses its blocks instead of growing with each new shape (1: no rounding).
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class SpecializationDataModule(L.LightningDataModule):
         only_correct: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        pad_to_multiple_of: int = 64,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -319,12 +322,13 @@ class SpecializationDataModule(L.LightningDataModule):
         return encoded
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Pad to the longest in the batch: ``input_ids``/``attention_mask`` ``[B, S]``, ``labels`` ``[B, T]``,
-        ``format_ids`` and ``units`` (dataset indices) ``[B]``, and ``topk_ids``/``topk_probs`` ``[B, T, k]``
-        where present."""
+        """Pad to the longest in the batch, rounded up to ``pad_to_multiple_of``: ``input_ids``/``attention_mask``
+        ``[B, S]``, ``labels`` ``[B, T]``, ``format_ids`` and ``units`` (dataset indices) ``[B]``, and
+        ``topk_ids``/``topk_probs`` ``[B, T, k]`` where present."""
         pad = self.tokenizer.pad_token_id
-        source = max(len(e["input_ids"]) for e in examples)
-        target = max(len(e["labels"]) for e in examples)
+        multiple = max(self.hparams.pad_to_multiple_of, 1)
+        source = -(-max(len(e["input_ids"]) for e in examples) // multiple) * multiple
+        target = -(-max(len(e["labels"]) for e in examples) // multiple) * multiple
         batch = {
             "input_ids": torch.full((len(examples), source), pad, dtype=torch.long),
             "attention_mask": torch.zeros((len(examples), source), dtype=torch.long),
