@@ -14,7 +14,9 @@ def test_evaluate_benchmark_exit_status_follows_the_completions(monkeypatch, cap
     if broken:
         real = generation.generate
         monkeypatch.setattr(generation, "generate", lambda *a, **k: ["different"] * len(real(*a, **k)))
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--examples", "2", "--max-new-tokens", "2", "--batch-size", "2"])
+    monkeypatch.setattr(
+        sys, "argv", ["evaluate.py", "--examples", "2", "--max-new-tokens", "2", "--batch-size", "2", "--layers", "2"]
+    )
     assert evaluate.main() == (1 if broken else 0)
     captured = capsys.readouterr()
     assert ("completions differ on 2 of 2 prompts" in captured.err) is broken

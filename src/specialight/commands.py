@@ -95,7 +95,12 @@ def run_align_command(args: argparse.Namespace) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``specialight evaluate``."""
-    parser.add_argument("--model", required=True, help="model folder, hub id, alias, or a specialight .ckpt")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model folder, hub id, alias, or a specialight .ckpt (with --base-url: where the served model's "
+        "tokenizer and context come from; default --served-model)",
+    )
     parser.add_argument("--suites", required=True, help="comma-separated: gsm8k_test,mas_dev,bbh_cot,...")
     parser.add_argument("--out", required=True, help="folder for per-example JSONL and summary.json")
     parser.add_argument("--limit", type=int, default=None, help="first N examples of each suite / BBH task")
@@ -105,6 +110,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-only-max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    server = parser.add_argument_group("through an OpenAI-compatible server (/v1/completions), resumable")
+    server.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8080/v1 (vLLM, llama-server)")
+    server.add_argument("--served-model", default=None, help="the model name the server knows")
+    server.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    server.add_argument("--max-retries", type=int, default=6, help="tries after the first on transient errors")
+    server.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the API key, if any")
     add_data_dir(parser)
 
 
@@ -122,12 +133,40 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         data_dir=args.data_dir,
     )
-    model, tokenizer = load_for_evaluation(args.model, args.device)
-    evaluator = Evaluator(model, tokenizer, settings)
+    if args.base_url is not None or args.served_model is not None:
+        evaluator = _server_evaluator(args, settings)
+    elif args.model is None:
+        raise SystemExit("specialight evaluate: give --model, or --base-url and --served-model")
+    else:
+        model, tokenizer = load_for_evaluation(args.model, args.device)
+        evaluator = Evaluator(model, tokenizer, settings)
     evaluator.items()  # fail on a bad suite or missing data before loading anything else
     results = evaluator.run(args.out)
     sys.stdout.write(format_table(results, per_task=True) + f"\nresults: {args.out}\n")
     return 0
+
+
+def _server_evaluator(args: argparse.Namespace, settings):
+    """An `Evaluator` whose completions come from ``--base-url`` (prompts fitted with ``--model``'s
+    tokenizer and context)."""
+    from transformers import AutoConfig
+
+    from specialight.evaluation.evaluator import Evaluator
+    from specialight.evaluation.server import ServerCompleter
+    from specialight.models import load_tokenizer, resolve_model
+
+    if args.base_url is None or args.served_model is None:
+        raise SystemExit("specialight evaluate: --base-url and --served-model go together")
+    source = resolve_model(args.model or args.served_model)
+    completer = ServerCompleter(
+        args.served_model,
+        args.base_url,
+        out_dir=args.out,
+        concurrency=args.concurrency,
+        api_key_env=args.api_key_env,
+        max_retries=args.max_retries,
+    )
+    return Evaluator(None, load_tokenizer(source), settings, completer, AutoConfig.from_pretrained(source))
 
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:

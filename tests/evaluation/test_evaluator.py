@@ -182,3 +182,35 @@ def test_evaluate_names_a_missing_model_in_one_line(model, tmp_path, capsys):
     assert "Traceback" not in err
     if not model.endswith(".ckpt"):
         assert "neither a folder, a .ckpt file, nor a known alias" in err
+
+
+def test_prompts_cluster_by_their_shared_few_shot_prefix(data_dir, gpt2_tokenizer):
+    from specialight.evaluation.generation import MIN_SHARED_PREFIX, _clusters
+
+    items = build_items("gsm8k_dev", data_dir, limit=3) + build_items(
+        "bbh_cot", data_dir, limit=2, bbh_tasks=["navigate", "word_sorting"]
+    )
+    encoded = [gpt2_tokenizer.encode(i.prompt) for i in items]
+    clusters = _clusters(encoded, MIN_SHARED_PREFIX)
+    assert sorted(sorted(members) for _, members in clusters) == [[0, 1, 2], [3, 4], [5, 6]]
+    demonstrations = {i: len(gpt2_tokenizer.encode(items[i].prompt_without(99))) for i in range(7)}
+    for prefix, members in clusters:
+        prompts = [encoded[i] for i in members]
+        assert all(p[:prefix] == prompts[0][:prefix] for p in prompts)
+        assert len({p[prefix] for p in prompts}) > 1  # the longest shared prefix
+        assert all(len(p) - prefix <= demonstrations[i] + 8 for p, i in zip(prompts, members))
+    assert _clusters(encoded, None) == [(0, list(range(7)))]
+
+
+def test_shared_prefix_generation_equals_one_prompt_at_a_time(tiny_gpt2_dir, data_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    prompts = [i.prompt for i in build_items("gsm8k_dev", data_dir, limit=5)]
+    budgets = [12, 12, 12, 6, 6]
+    shared = generate(model, tokenizer, prompts, max_new_tokens=budgets, batch_size=2, progress=False)
+    alone = [
+        generate(model, tokenizer, [p], max_new_tokens=b, share_prefix=False, progress=False)[0]
+        for p, b in zip(prompts, budgets)
+    ]
+    assert shared == alone and len(set(shared)) > 1

@@ -25,12 +25,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from specialight.data.answers import extract_answer, is_correct
 from specialight.data.formats import newline_separator
 from specialight.evaluation.context import FittedPrompt, context_length, fit_prompt
 from specialight.evaluation.distributed import gather, rank_and_world, sum_counts
-from specialight.evaluation.generation import generate
+from specialight.evaluation.generation import cut_left, generate
 from specialight.evaluation.intervals import accuracy_interval, mean_interval
 from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ScoredText, build_texts, summarize, token_nlls
 from specialight.evaluation.suites import COMPOSITES, EvalItem, build_items, expand
@@ -163,13 +164,27 @@ def score(
     return results_from_counts(count(records)), records
 
 
-class Evaluator:
-    """Runs suites on a model; `run` returns the `Results` of every suite, composites included."""
+class Completer(Protocol):
+    """Where completions come from instead of in-process generation (`specialight.evaluation.server`)."""
 
-    def __init__(self, model, tokenizer, settings: EvalSettings) -> None:
+    def __call__(self, items: list[EvalItem], prompts: list[str], progress: bool = True) -> list[str]: ...
+
+
+class Evaluator:
+    """Runs suites on a model; `run` returns the `Results` of every suite, composites included.
+
+    With a ``completer`` (e.g. a `specialight.evaluation.server.ServerCompleter`) completions come from it
+    and ``model`` may be None: ``config`` then gives the context prompts are fitted to (None: no limit).
+    """
+
+    def __init__(
+        self, model, tokenizer, settings: EvalSettings, completer: Completer | None = None, config=None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
+        self.completer = completer
+        self.config = config if config is not None else getattr(model, "config", None)
         self.newline = newline_separator(tokenizer)
         self._items: list[EvalItem] | None = None
         self._texts: list[ScoredText] | None = None
@@ -215,8 +230,8 @@ class Evaluator:
     def fitted(self) -> list[FittedPrompt]:
         """Every item's prompt fitted to the model's context (built once)."""
         if self._fitted is None:
-            config = self.model.config
-            context = context_length(config)
+            config = self.config
+            context = context_length(config) if config is not None else None
             encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
             self._fitted = [fit_prompt(item, self.tokenizer, context, encoder_decoder) for item in self.items()]
             if any(f.shortened for f in self._fitted):
@@ -242,17 +257,21 @@ class Evaluator:
         if "generation" in kinds and self.items():
             items, fitted = self.items(), self.fitted()
             mine = range(rank, len(items), world)
-            completions = generate(
-                self.model,
-                self.tokenizer,
-                [fitted[i].text for i in mine],
-                [items[i].max_new_tokens for i in mine],
-                self.settings.batch_size,
-                progress=progress,
-                context=context,
-                description="evaluate",
-                max_prompt_tokens=[fitted[i].max_tokens for i in mine],
-            )
+            if self.completer is not None:
+                prompts = [self._prompt_text(fitted[i]) for i in mine]
+                completions = self.completer([items[i] for i in mine], prompts, progress)
+            else:
+                completions = generate(
+                    self.model,
+                    self.tokenizer,
+                    [fitted[i].text for i in mine],
+                    [items[i].max_new_tokens for i in mine],
+                    self.settings.batch_size,
+                    progress=progress,
+                    context=context,
+                    description="evaluate",
+                    max_prompt_tokens=[fitted[i].max_tokens for i in mine],
+                )
             local = score_records([items[i] for i in mine], completions, [fitted[i].shortened for i in mine])
             leaves = list(dict.fromkeys(item.suite for item in items))
             device = next(self.model.parameters()).device
@@ -264,6 +283,8 @@ class Evaluator:
         else:
             results = Results()
         if "likelihood" in kinds and self.texts():
+            if self.model is None:
+                raise ValueError("likelihood suites (nll_*) need the model in process, not a server")
             texts = self.texts()
             mine = range(rank, len(texts), world)
             values = token_nlls(
@@ -278,6 +299,14 @@ class Evaluator:
         if out_dir is not None and rank == 0:
             write_results(Path(out_dir), results, records)
         return results
+
+    def _prompt_text(self, fitted: FittedPrompt) -> str:
+        """A fitted prompt as text, its left edge cut to ``max_tokens`` as `generate` cuts token ids."""
+        if fitted.max_tokens is None:
+            return fitted.text
+        ids = self.tokenizer.encode(fitted.text, add_special_tokens=True)
+        bos = self.tokenizer.bos_token_id
+        return self.tokenizer.decode(cut_left(ids, fitted.max_tokens, bos), skip_special_tokens=True)
 
 
 def write_results(out: Path, results: Results, records: list[dict]) -> None:

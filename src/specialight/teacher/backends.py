@@ -16,11 +16,13 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 STOP = ["\n\nQuestion:", "\n\nQ:"]
+T = TypeVar("T")
 
 
 class TeacherError(RuntimeError):
@@ -168,12 +170,12 @@ class OpenAITeacher:
             )
         return response.model_dump()
 
-    def sample(self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int) -> Completion:
-        """One completion with its top-k log-probs; retries transient failures."""
-        for attempt in range(self.max_retries + 1):
+    def retrying(self, request: Callable[[], T]) -> T:
+        """``request()``, retried with backoff on transient failures (also used by server evaluation)."""
+        attempt = 0
+        while True:
             try:
-                response = self._request(prompt, temperature, max_tokens, top_k, seed)
-                break
+                return request()
             except Exception as error:  # the client raises many types; only transient ones are retried
                 if not self._transient(error):
                     raise TeacherError(f"{self.base_url}: {type(error).__name__}: {error}") from error
@@ -185,6 +187,11 @@ class OpenAITeacher:
                 wait = min(self.backoff * 2**attempt, 60.0) * (1 + 0.5 * random.random())
                 logger.warning("%s: %s; retrying in %.1f s", self.base_url, type(error).__name__, wait)
                 time.sleep(wait)
+                attempt += 1
+
+    def sample(self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int) -> Completion:
+        """One completion with its top-k log-probs; retries transient failures."""
+        response = self.retrying(lambda: self._request(prompt, temperature, max_tokens, top_k, seed))
         choice = response["choices"][0]
         where = f"{self.base_url} ({self.endpoint})"
         if self.endpoint == "chat":

