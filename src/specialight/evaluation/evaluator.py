@@ -274,7 +274,7 @@ class Evaluator:
                 )
             local = score_records([items[i] for i in mine], completions, [fitted[i].shortened for i in mine])
             leaves = list(dict.fromkeys(item.suite for item in items))
-            device = next(self.model.parameters()).device
+            device = next(self.model.parameters()).device if self.model is not None else "cpu"
             results = results_from_counts(sum_counts(leaves, count(local), device))
             records = [r for _, r in sorted(gather([(i, r) for i, r in zip(mine, local)]), key=lambda p: p[0])]
             for name in self.settings.suites:
