@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from specialight.data.tasks import DataError
+
+logger = logging.getLogger(__name__)
 
 _FIELDS = ("question_id", "sample_index", "text", "tokens", "top_tokens", "top_logprobs")
 
@@ -123,3 +126,18 @@ def read_samples(path: str | os.PathLike, only_correct: bool = False) -> Iterato
                 sample = parse_sample(line, f"{file}:{number}")
                 if not only_correct or sample.correct:
                     yield sample
+
+
+def whole_lines(path: Path) -> list[tuple[int, str]]:
+    """Numbered non-empty lines of an append-only JSONL file; a torn last line (no newline: a crash
+    mid-write) is cut off the file first, durably, so a resumed run appends after whole lines only."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        logger.warning("%s: dropping a torn last line of %d bytes (a crash mid-write)", path, len(data) - end)
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+    lines = data[:end].decode("utf-8").splitlines()
+    return [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from specialight.data.records import whole_lines
 from specialight.data.tasks import DataError
 from specialight.evaluation.generation import STOP, cut_at_stop
 from specialight.evaluation.suites import EvalItem
@@ -125,22 +126,10 @@ class ServerCompleter:
         if self.folder is None or not self.folder.is_dir():
             return done
         for path in sorted(self.folder.glob("*.jsonl")):
-            for number, line in _whole_lines(path):
+            for number, line in whole_lines(path):
                 try:
                     row = json.loads(line)
                     done[(row["suite"], row["id"])] = row["completion"]
                 except (json.JSONDecodeError, KeyError, TypeError) as error:
                     raise DataError(f"{path}:{number}: expected a JSON object with suite, id, completion") from error
         return done
-
-
-def _whole_lines(path: Path) -> list[tuple[int, str]]:
-    """Numbered non-empty lines of ``path``; a torn last line (no newline: a crash mid-write) is cut off."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        logger.warning("%s: dropping a torn last line of %d bytes", path, len(data) - end)
-        with path.open("r+b") as handle:
-            handle.truncate(end)
-    lines = data[:end].decode("utf-8").splitlines()
-    return [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]

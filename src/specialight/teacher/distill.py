@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from specialight.data.answers import extract_answer, is_correct
 from specialight.data.formats import COT_TRIGGER, answer_target
-from specialight.data.records import TeacherSample, parse_sample, prompt_hash
+from specialight.data.records import TeacherSample, parse_sample, prompt_hash, whole_lines
 from specialight.data.tasks import DataError, Example
 from specialight.teacher.backends import Teacher, TeacherError
 
@@ -63,21 +63,12 @@ def repair(path: Path) -> set[tuple[str, int]]:
     an error naming it."""
     if not path.is_file():
         return set()
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        logger.warning("%s: dropping a torn last line of %d bytes (a crash mid-write)", path, len(data) - end)
-        with path.open("r+b") as handle:
-            handle.truncate(end)
-            handle.flush()
-            os.fsync(handle.fileno())
     done = set()
-    for number, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
-        if line.strip():
-            sample = parse_sample(line, f"{path}:{number}")
-            if sample.key in done:
-                raise DataError(f"{path}:{number}: sample {sample.key} appears twice")
-            done.add(sample.key)
+    for number, line in whole_lines(path):
+        sample = parse_sample(line, f"{path}:{number}")
+        if sample.key in done:
+            raise DataError(f"{path}:{number}: sample {sample.key} appears twice")
+        done.add(sample.key)
     return done
 
 
