@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from specialight.data.formats import COT_TRIGGER, answer_target, question_prompt, render
+from specialight.data.formats import answer_target, question_prompt, render
 from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
 from specialight.evaluation.generation import context_length
+from specialight.evaluation.suites import bbh_query
 
 LIKELIHOOD_SUITES = ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context", "nll_bbh_cot", "nll_bbh_ao")
 REFERENCE_COT = "bbh-reference-outputs/code-davinci-002-cot.jsonl"
@@ -103,7 +104,6 @@ def build_texts(
     for task in tasks:
         style = "cot" if suite == "nll_bbh_cot" else "ao"
         prompt = load_bbh_prompt(task, style, data_dir)
-        answer_start = f"A: {COT_TRIGGER}." if style == "cot" else "A:"
         chosen = []
         for example in load_examples(f"bbh/{task}", "test", data_dir):
             index = int(example.id.rsplit("/", 1)[1])
@@ -111,7 +111,7 @@ def build_texts(
             if target:
                 chosen.append((example, target))
         for example, target in chosen[:limit]:
-            text = f"{prompt}\n\nQ: {example.question}\n{answer_start}"
+            text = f"{prompt}\n\n{bbh_query(example.question, style)}"
             texts.append(
                 ScoredText(f"{suite}/{task}", example.id, render(text, newline), render(" " + target, newline))
             )

@@ -150,7 +150,6 @@ def _bbh_items(
     items = []
     for task in tasks or BBH_TASKS:
         header, demonstrations = split_demonstrations(load_bbh_prompt(task, style, data_dir))
-        answer_start = f"A: {COT_TRIGGER}." if style == "cot" else "A:"
         for example in load_examples(f"bbh/{task}", "test", data_dir)[:limit]:
             items.append(
                 EvalItem(
@@ -159,7 +158,7 @@ def _bbh_items(
                     example.task,
                     f"bbh-{style}/{task}",
                     example.answer,
-                    query=f"Q: {example.question}\n{answer_start}",
+                    query=bbh_query(example.question, style),
                     demonstrations=demonstrations,
                     header=header,
                     newline=newline,
@@ -169,6 +168,12 @@ def _bbh_items(
                 )
             )
     return items
+
+
+def bbh_query(question: str, style: str) -> str:
+    """The question part of a BBH prompt as the BBH authors ran it: ``Q: ...`` then ``A:`` (answer-only) or
+    ``A: Let's think step by step.`` (CoT)."""
+    return f"Q: {question}\nA: {COT_TRIGGER}." if style == "cot" else f"Q: {question}\nA:"
 
 
 def build_items(
