@@ -19,10 +19,10 @@ from specialight.data.tasks import load_examples
 from specialight.models import SMOLLM2_ID, cache_dir, packaged_gguf
 from specialight.teacher.backends import OpenAITeacher, TeacherError
 from specialight.teacher.distill import DistillSettings, run_distill
-from tests.conftest import ROOT
+from tests.conftest import DATA_DIR, ROOT
 from tests.helpers import align_and_fit
 
-PROMPT = ROOT.parent / "shared" / "data" / "prompts" / "flan_t5_cot_specialization" / "prompt_simple_4_cases.txt"
+PROMPT = DATA_DIR / "prompts" / "flan_t5_cot_specialization" / "prompt_simple_4_cases.txt"
 
 
 def server_binary() -> Path | None:
