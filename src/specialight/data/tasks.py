@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from specialight.data.jsonl import DataError
+
 DATA_DIR_ENV = "SPECIALIGHT_DATA_DIR"
 OOD_DEV_SEED = 20230130
 OOD_DEV_SIZE = 200
@@ -77,10 +79,6 @@ HUB_IDS = {
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 _OPTION = re.compile(r"^\(([A-R])\)\s*(.+)$", re.MULTILINE)
-
-
-class DataError(ValueError):
-    """Bad or missing data: the message names the file, the line or field, and what was expected."""
 
 
 @dataclass(frozen=True)
