@@ -45,8 +45,8 @@ def previous_generate(model, tokenizer, prompts: list[str], max_new_tokens: int,
             ids = encoded[i]
             input_ids[r, width - len(ids) :], attention[r, width - len(ids) :] = torch.tensor(ids), 1
         output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention.to(model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
@@ -90,6 +90,7 @@ def main() -> int:
     parser.add_argument(
         "--model", default=None, help="a real decoder instead (e.g. smollm2: it stops at Q: and EOS, so rows finish)"
     )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
     from specialight.evaluation.generation import generate
@@ -105,6 +106,7 @@ def main() -> int:
             smollm2_shaped(len(tokenizer), args.layers),
             f"random SmolLM2-shaped decoder ({args.layers} layers)",
         )
+    model.to(args.device)
     prompts = [i.prompt for i in build_items(args.suite, data_dir, limit=args.examples)]
     tokens = sum(len(tokenizer.encode(p)) for p in prompts) / len(prompts)
     generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, progress=False)  # warm-up
@@ -122,7 +124,7 @@ def main() -> int:
     ours_rate, baseline_rate = len(prompts) / ours_s, len(prompts) / baseline_s
     print(
         f"{len(prompts)} {args.suite} prompts (4-shot, {tokens:.0f} tokens on average), {args.max_new_tokens} new "
-        f"tokens, batch {args.batch_size}, {what}, CPU"
+        f"tokens, batch {args.batch_size}, {what}, {args.device}"
     )
     print(f"{'what':<44} {'examples/s':>10} {'s':>8}")
     print(f"{'previous: HF generate, left-padded batches':<44} {baseline_rate:>10.2f} {baseline_s:>8.1f}")
@@ -138,7 +140,9 @@ def main() -> int:
                 "identical": same,
                 "examples": len(prompts),
                 "model": what,
-                "device": f"cpu ({os.cpu_count()} cores)",
+                "device": torch.cuda.get_device_name()
+                if args.device.startswith("cuda")
+                else f"cpu ({os.cpu_count()} cores)",
                 "ratio_vs_previous": round(ratio, 2),
             }
         )
