@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo bench lint llama-server
+.PHONY: help install test test-fast demo reproduce-cpu reproduce-cpu-formats bench lint llama-server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -33,6 +33,15 @@ test-fast: $(STAMP) ## run the tests not marked slow
 
 demo: $(STAMP) ## specialize SmolLM2-135M on GSM8K offline (CPU), then draw the curves
 	$(BIN)/python -m specialight.demo
+
+reproduce-cpu: $(STAMP) ## the paper's trade-off on the full dev sets, 2 CPU cores (~100 min): curves, selection.md, claims.md
+	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml
+
+FORMATS_RUNS := runs/reproduce_cpu_formats
+reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-context-only, then zero-shot-only data (not yet timed)
+	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/in_context_only.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/in_context
+	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/zero_shot_only.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/zero_shot
+	$(BIN)/python -m specialight.claims --run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --in-context-run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --zero-shot-run $$(ls -d $(FORMATS_RUNS)/zero_shot/lightning_logs/version_* | tail -1) --out $(FORMATS_RUNS)/claims.md
 
 bench: $(STAMP) ## run every benchmark under benchmarks/ (each prints a JSON line last)
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -43,3 +43,29 @@ def mean_interval(parts: list[tuple[float, int]]) -> tuple[float, float]:
     effective_n = len(parts) ** 2 / sum(1 / n for _, n in parts)
     low, high = wilson(min(1.0, max(0.0, mean)), effective_n)
     return (100 * low, 100 * high)
+
+
+def paired_change(
+    parts: list[list[tuple[bool, bool]]], samples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Change of an accuracy between two evaluations of the same examples, in points, with its 95% interval.
+
+    ``parts`` holds one list per part of the suite (one for a leaf suite, K for a composite), each of
+    ``(correct before, correct after)`` per example. The change is the unweighted mean over parts of each
+    part's accuracy change, as composites are scored; the interval is a percentile bootstrap that resamples
+    examples within each part (paired: an example keeps both outcomes). Returns ``(change, low, high)``.
+    """
+    import numpy as np
+
+    if not parts or any(not part for part in parts):
+        raise ValueError("every part needs examples scored in both evaluations")
+    rng = np.random.default_rng(seed)
+    total = np.zeros(samples)
+    point = 0.0
+    for part in parts:
+        difference = np.array([float(after) - float(before) for before, after in part])
+        point += difference.mean()
+        total += difference[rng.integers(0, difference.size, size=(samples, difference.size))].mean(axis=1)
+    scale = 100 / len(parts)
+    low, high = np.percentile(total * scale, [2.5, 97.5])
+    return point * scale, float(low), float(high)
