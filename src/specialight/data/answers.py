@@ -1,5 +1,8 @@
 """Final-answer extraction and equivalence for the math benchmarks and the 27 BBH tasks.
 
+Which rules grade a task is its benchmark's answer kind (`specialight.data.registry.ANSWER_KINDS`):
+``number`` for the math benchmarks, ``exact`` for BBH.
+
 Math, in order: cut the completion where the model starts a new question (``Q:``); take what follows
 the last "answer is" (a rationale may say "the final answer is 15 gallons * 8 = 120" before its
 closing line) and read the first number there; with no "answer is", the last number. Numbers keep their
@@ -20,7 +23,7 @@ import math
 import re
 from fractions import Fraction
 
-from specialight.data.tasks import check_task
+from specialight.data.tasks import answer_kind
 
 _NUMBER = re.compile(
     r"(?P<sign>[-−–])?\s?\$?\s?(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?"
@@ -103,11 +106,11 @@ def bbh_answer(completion: str, cot: bool = True) -> str | None:
 def extract_answer(completion: str, task: str, cot: bool = True) -> str | None:
     """The final answer a completion gives for ``task``, or None if it gives none.
 
-    Math answers come back canonical (``"1000"``, ``"-3"``, ``"0.75"``); BBH answers as `bbh_answer`
-    reads them (``cot`` says whether the prompt asked for a chain of thought; math ignores it).
+    By ``task``'s answer kind: ``number`` answers come back canonical (``"1000"``, ``"-3"``, ``"0.75"``);
+    ``exact`` (BBH) answers as `bbh_answer` reads them (``cot`` says whether the prompt asked for a chain of
+    thought; ``number`` ignores it).
     """
-    check_task(task)
-    if task.startswith("bbh/"):
+    if answer_kind(task) == "exact":
         return bbh_answer(completion, cot)
     text = _until_next_question(completion)
     return _extract_number(text, _after_answer_is(text))
@@ -123,11 +126,10 @@ def normalize_gold(gold: str, task: str) -> str:
 def is_correct(completion: str, gold: str, task: str, cot: bool = True) -> bool:
     """Whether ``completion``'s final answer equals ``gold`` for ``task``.
 
-    Math: numbers compare within 1e-6 (relative), non-numeric answers (ASDiv's ``"3:4"``) as text.
-    BBH: exact match of `bbh_answer` with the target (``cot`` as there).
+    Answer kind ``number`` (math): numbers compare within 1e-6 (relative), non-numeric answers (ASDiv's
+    ``"3:4"``) as text. ``exact`` (BBH): exact match of `bbh_answer` with the target (``cot`` as there).
     """
-    check_task(task)
-    if task.startswith("bbh/"):
+    if answer_kind(task) == "exact":
         return bbh_answer(completion, cot) == gold.strip()
     expected = normalize_gold(gold, task)
     if _PLAIN_NUMBER.fullmatch(expected) is None:

@@ -1,4 +1,5 @@
-"""The five benchmarks (GSM8K, MultiArith, ASDiv, SVAMP, BIG-Bench Hard) as `Example` records.
+"""The five built-in benchmarks (GSM8K, MultiArith, ASDiv, SVAMP, BIG-Bench Hard), each defined once as a
+`Benchmark` in the registry, and the loaders every consumer reads the registry through.
 
 Local data follows each upstream repository's layout (see ``../shared/data/MANIFEST.md``):
 
@@ -16,21 +17,29 @@ here are a seeded permutation (``OOD_DEV_SEED``, ``OOD_DEV_SIZE``), and ``all`` 
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from specialight.data.jsonl import DataError
-
-DATA_DIR_ENV = "SPECIALIGHT_DATA_DIR"
-OOD_DEV_SEED = 20230130
-OOD_DEV_SIZE = 200
+from specialight.data import hub
+from specialight.data.examples import DATA_DIR_ENV as DATA_DIR_ENV  # the CLI imports it from here
+from specialight.data.examples import (
+    OOD_DEV_SEED,
+    OOD_DEV_SIZE,
+    Example,
+    asdiv_answer,
+    bbh_example,
+    field_of,
+    format_number,
+    gsm8k_examples,
+    indexed_split,
+    read_json,
+    resolve_data_dir,
+    seeded_split,
+    svamp_question,
+)
+from specialight.data.jsonl import DataError, need, read_jsonl
+from specialight.data.registry import REGISTRY, Benchmark, register
 
 BBH_TASKS: tuple[str, ...] = (
     "boolean_expressions",
@@ -61,187 +70,39 @@ BBH_TASKS: tuple[str, ...] = (
     "web_of_lies",
     "word_sorting",
 )
-MATH_TASKS: tuple[str, ...] = ("gsm8k", "multiarith", "asdiv", "svamp")
-SPLITS: dict[str, tuple[str, ...]] = {
-    "gsm8k": ("tune", "dev", "test", "train"),
-    "multiarith": ("dev", "test", "all"),
-    "asdiv": ("dev", "test", "all", "a"),
-    "svamp": ("dev", "test", "all"),
-    "bbh": ("test",),
-}
-HUB_IDS = {
-    "gsm8k": "openai/gsm8k",
-    "multiarith": "ChilleD/MultiArith",
-    "asdiv": "EleutherAI/asdiv",
-    "svamp": "ChilleD/SVAMP",
-    "bbh": "lukaemon/bbh",
-}
-
-_CALCULATOR = re.compile(r"<<[^>]*>>")
-_OPTION = re.compile(r"^\(([A-R])\)\s*(.+)$", re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class Example:
-    """One benchmark question.
-
-    ``answer`` is the gold final answer as a string (``"72"``, ``"(B)"``, ``"valid"``); ``rationale`` the
-    gold chain of thought where the data has one (GSM8K, calculator annotations removed); ``options``
-    maps option letters to their text for multiple-choice BBH tasks.
-    """
-
-    id: str
-    task: str
-    question: str
-    answer: str
-    rationale: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The benchmark folder: the argument, else ``$SPECIALIGHT_DATA_DIR``, else ``./data``."""
-    chosen = data_dir or os.environ.get(DATA_DIR_ENV) or "data"
-    path = Path(chosen).expanduser()
-    if not path.is_dir():
-        if data_dir:
-            why = "--data-dir was given"
-        elif os.environ.get(DATA_DIR_ENV):
-            why = f"{DATA_DIR_ENV} is set"
-        else:
-            why = "it is the default"
-        raise DataError(
-            f"data folder not found: {path.resolve()} (looked there because {why}). "
-            f"Point to a folder laid out like shared/data with --data-dir DIR or {DATA_DIR_ENV}=DIR, "
-            "or use source='hub' when online."
-        )
-    return path
-
-
-def _need(path: Path) -> Path:
-    if not path.is_file():
-        raise DataError(f"missing data file: {path} (expected the upstream repository's layout; see MANIFEST.md)")
-    return path
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with _need(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: malformed JSON line ({err.msg} at column {err.colno})") from err
-    return rows
-
-
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(_need(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from err
-
-
-def _field(record: dict, name: str, where: str) -> object:
-    if name not in record:
-        raise DataError(f"{where}: missing field {name!r} (fields present: {sorted(record)})")
-    return record[name]
-
-
-def _index(path: Path) -> list[int]:
-    return [int(i) for i in np.load(_need(path))]
-
-
-def format_number(value: float | int | str) -> str:
-    """``51.0`` -> ``"51"``, ``2.50`` -> ``"2.5"``: gold numbers as a person would write them."""
-    number = float(value)
-    return str(int(number)) if number.is_integer() else repr(number)
-
-
-def strip_calculator(text: str) -> str:
-    """Remove GSM8K calculator annotations: ``48/2 = <<48/2=24>>24`` -> ``48/2 = 24``."""
-    return _CALCULATOR.sub("", text)
-
-
-def _gsm8k_rows(rows: list[dict], path: Path, prefix: str, positions: list[int]) -> list[Example]:
-    examples = []
-    for position in positions:
-        row, where = rows[position], f"{path} row {position + 1}"
-        solution = str(_field(row, "answer", where))
-        if "####" not in solution:
-            raise DataError(f"{where}: answer has no '#### <number>' final line")
-        rationale, answer = solution.rsplit("####", 1)
-        examples.append(
-            Example(
-                id=f"gsm8k/{prefix}/{position}",
-                task="gsm8k",
-                question=str(_field(row, "question", where)).strip(),
-                answer=answer.strip().replace(",", ""),
-                rationale=strip_calculator(rationale).strip(),
-            )
-        )
-    return examples
-
-
-def _load_gsm8k(root: Path, split: str) -> list[Example]:
+def _read_gsm8k(root: Path, task: str, split: str, dev_size: int) -> list[Example]:
     if split == "test":
-        path = root / "gsm8k" / "test.jsonl"
-        rows = _read_jsonl(path)
-        return _gsm8k_rows(rows, path, "test", list(range(len(rows))))
-    path = root / "gsm8k" / "train.jsonl"
-    rows = _read_jsonl(path)
+        rows = list(read_jsonl(root / "gsm8k" / "test.jsonl"))
+        return gsm8k_examples(rows, "test", list(range(len(rows))))
+    rows = list(read_jsonl(root / "gsm8k" / "train.jsonl"))
     if split == "train":
-        return _gsm8k_rows(rows, path, "train", list(range(len(rows))))
-    dev = _index(root / "gsm8k" / "validation_index.npy")
-    excluded = set(dev)
-    chosen = dev if split == "dev" else [i for i in range(len(rows)) if i not in excluded]
-    return _gsm8k_rows(rows, path, "train", chosen)
+        return gsm8k_examples(rows, "train", list(range(len(rows))))
+    chosen = indexed_split(list(range(len(rows))), split, root / "gsm8k" / "validation_index.npy")
+    return gsm8k_examples(rows, "train", chosen)
 
 
-def _load_multiarith(root: Path, split: str) -> list[Example]:
+def _read_multiarith(root: Path, task: str, split: str, dev_size: int) -> list[Example]:
     path = root / "multiarith" / "MultiArith.json"
-    rows = _read_json(path)
     examples = []
-    for position, row in enumerate(rows):
+    for position, row in enumerate(read_json(path)):
         where = f"{path} item {position}"
         examples.append(
             Example(
-                id=f"multiarith/{_field(row, 'iIndex', where)}",
+                id=f"multiarith/{field_of(row, 'iIndex', where)}",
                 task="multiarith",
-                question=str(_field(row, "sQuestion", where)).strip(),
-                answer=format_number(_field(row, "lSolutions", where)[0]),
+                question=str(field_of(row, "sQuestion", where)).strip(),
+                answer=format_number(field_of(row, "lSolutions", where)[0]),
             )
         )
     if split == "all":
         return examples
-    dev = _index(root / "multiarith" / "validation_index.npy")
-    if split == "dev":
-        return [examples[i] for i in dev]
-    excluded = set(dev)
-    return [e for i, e in enumerate(examples) if i not in excluded]
+    return indexed_split(examples, split, root / "multiarith" / "validation_index.npy")
 
 
-def _asdiv_answer(raw: str) -> str:
-    """``"9 (apples)"`` -> ``"9"``; non-numeric answers (``"3:4"``, ``"Mrs. Hilt"``) kept as written."""
-    text = re.sub(r"\s*\([^)]*\)\s*$", "", raw.strip())
-    try:
-        return format_number(text.replace(",", ""))
-    except ValueError:
-        return text
-
-
-def _ood_split(examples: list[Example], split: str, dev_size: int) -> list[Example]:
-    """Seeded dev/test split of a data set that has none upstream; ``all`` returns everything."""
-    if split == "all":
-        return examples
-    order = np.random.default_rng(OOD_DEV_SEED).permutation(len(examples))
-    chosen = sorted(order[:dev_size]) if split == "dev" else sorted(order[dev_size:])
-    return [examples[i] for i in chosen]
-
-
-def _load_asdiv(root: Path, split: str, dev_size: int) -> list[Example]:
-    path = _need(root / "asdiv" / "ASDiv.xml")
+def _read_asdiv(root: Path, task: str, split: str, dev_size: int) -> list[Example]:
+    path = need(root / "asdiv" / "ASDiv.xml")
     try:
         problems = ET.parse(path).getroot().findall(".//Problem")
     except ET.ParseError as err:
@@ -260,7 +121,7 @@ def _load_asdiv(root: Path, split: str, dev_size: int) -> list[Example]:
                 id=f"asdiv/{problem.get('ID')}",
                 task="asdiv",
                 question=f"{parts['Body']} {parts['Question']}",
-                answer=_asdiv_answer(parts["Answer"]),
+                answer=asdiv_answer(parts["Answer"]),
             )
         )
     if split == "a":
@@ -269,69 +130,125 @@ def _load_asdiv(root: Path, split: str, dev_size: int) -> list[Example]:
             raise DataError(f"missing ASDiv-A fold files under {root / 'asdiv' / 'nfolds' / 'asdiv-a'}")
         wanted = {line.strip() for fold in folds for line in fold.read_text().splitlines() if line.strip()}
         return [e for e in examples if e.id.split("/", 1)[1] in wanted]
-    return _ood_split(examples, split, dev_size)
+    return seeded_split(examples, split, dev_size)
 
 
-def svamp_question(body: str, question: str) -> str:
-    """SVAMP's ``Body`` and ``Question`` as one text; 358 of the 1,000 bodies end without a period, so one
-    is added rather than run two sentences together."""
-    body = body.strip()
-    return f"{body}{'' if body.endswith(('.', '!', '?')) else '.'} {question.strip()}"
-
-
-def _load_svamp(root: Path, split: str, dev_size: int) -> list[Example]:
+def _read_svamp(root: Path, task: str, split: str, dev_size: int) -> list[Example]:
     path = root / "svamp" / "SVAMP.json"
     examples = []
-    for position, row in enumerate(_read_json(path)):
+    for position, row in enumerate(read_json(path)):
         where = f"{path} item {position}"
-        body, question = str(_field(row, "Body", where)).strip(), str(_field(row, "Question", where)).strip()
+        body, question = str(field_of(row, "Body", where)).strip(), str(field_of(row, "Question", where)).strip()
         examples.append(
             Example(
-                id=f"svamp/{_field(row, 'ID', where)}",
+                id=f"svamp/{field_of(row, 'ID', where)}",
                 task="svamp",
                 question=svamp_question(body, question),
-                answer=format_number(_field(row, "Answer", where)),
+                answer=format_number(field_of(row, "Answer", where)),
             )
         )
-    return _ood_split(examples, split, dev_size)
+    return seeded_split(examples, split, dev_size)
 
 
-def bbh_options(question: str) -> dict[str, str]:
-    """Option letters and texts of a multiple-choice BBH input (``(A) 01/02/2003`` lines)."""
-    return {letter: text.strip() for letter, text in _OPTION.findall(question)}
-
-
-def _load_bbh(root: Path, name: str) -> list[Example]:
+def _read_bbh(root: Path, task: str, split: str, dev_size: int) -> list[Example]:
+    name = task.split("/", 1)[1]
     path = root / "bbh" / "bbh" / f"{name}.json"
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected an object with an 'examples' list")
-    examples = []
-    for position, row in enumerate(_field(data, "examples", str(path))):
-        where = f"{path} example {position}"
-        question = str(_field(row, "input", where))
-        examples.append(
-            Example(
-                id=f"bbh/{name}/{position}",
-                task=f"bbh/{name}",
-                question=question,
-                answer=str(_field(row, "target", where)).strip(),
-                options=bbh_options(question),
-            )
-        )
-    return examples
+    rows = field_of(data, "examples", str(path))
+    return [bbh_example(f"{path} example {i}", row, name, i) for i, row in enumerate(rows)]
+
+
+SEEDED = f"dev: {OOD_DEV_SIZE} rows of a permutation seeded {OOD_DEV_SEED}; test: the rest; all: every row"
+GSM8K = register(
+    Benchmark(
+        "gsm8k",
+        ("tune", "dev", "test", "train"),
+        _read_gsm8k,
+        files=("gsm8k/train.jsonl", "gsm8k/test.jsonl", "gsm8k/validation_index.npy"),
+        dev_rule="dev: the 200 train rows of validation_index.npy; tune: the other train rows; test: test.jsonl",
+        suites=("dev", "test"),
+        hub_id="openai/gsm8k",
+        read_hub=hub.gsm8k,
+    )
+)
+MULTIARITH = register(
+    Benchmark(
+        "multiarith",
+        ("dev", "test", "all"),
+        _read_multiarith,
+        files=("multiarith/MultiArith.json", "multiarith/validation_index.npy"),
+        dev_rule="dev: the 200 rows of validation_index.npy; test: the other 400",
+        suites=("dev", "test"),
+        hub_id="ChilleD/MultiArith",
+        read_hub=hub.multiarith,
+    )
+)
+ASDIV = register(
+    Benchmark(
+        "asdiv",
+        ("dev", "test", "all", "a"),
+        _read_asdiv,
+        files=("asdiv/ASDiv.xml", "asdiv/nfolds/asdiv-a/fold*.txt"),
+        dev_rule=f"{SEEDED}; a: the ASDiv-A folds",
+        suites=("dev", "test", "all"),
+        hub_id="EleutherAI/asdiv",
+        read_hub=hub.asdiv,
+    )
+)
+SVAMP = register(
+    Benchmark(
+        "svamp",
+        ("dev", "test", "all"),
+        _read_svamp,
+        files=("svamp/SVAMP.json",),
+        dev_rule=SEEDED,
+        suites=("dev", "test", "all"),
+        hub_id="ChilleD/SVAMP",
+        read_hub=hub.svamp,
+    )
+)
+BBH = register(
+    Benchmark(
+        "bbh",
+        ("test",),
+        _read_bbh,
+        files=("bbh/bbh/<task>.json", "bbh/cot-prompts/<task>.txt", "bbh/ao-prompts/<task>.txt"),
+        dev_rule="test only",
+        answer_kind="exact",
+        suites=("ao", "cot"),
+        hub_id="lukaemon/bbh",
+        read_hub=hub.bbh,
+        subtasks=BBH_TASKS,
+    )
+)
+
+
+def benchmark_of(task: str) -> Benchmark:
+    """The registered benchmark that ``task`` belongs to, or `DataError` naming the known tasks."""
+    benchmark = REGISTRY.get(task.split("/", 1)[0])
+    if benchmark is None or task not in benchmark.tasks():
+        plain = [b.name for b in REGISTRY.values() if not b.subtasks]
+        families = [f"{b.name}/<one of {', '.join(b.subtasks)}>" for b in REGISTRY.values() if b.subtasks]
+        raise DataError(f"unknown task {task!r}; known: {', '.join(plain + families)}")
+    return benchmark
 
 
 def known_tasks() -> list[str]:
     """Every task name the loaders accept."""
-    return [*MATH_TASKS, *(f"bbh/{name}" for name in BBH_TASKS)]
+    return [task for benchmark in REGISTRY.values() for task in benchmark.tasks()]
 
 
 def check_task(task: str) -> str:
     """Return ``task`` or raise naming the known tasks."""
-    if task not in known_tasks():
-        raise DataError(f"unknown task {task!r}; known: {', '.join(MATH_TASKS)}, bbh/<one of {', '.join(BBH_TASKS)}>")
+    benchmark_of(task)
     return task
+
+
+def answer_kind(task: str) -> str:
+    """How ``task``'s answers are graded (`specialight.data.registry.ANSWER_KINDS`)."""
+    return benchmark_of(task).answer_kind
 
 
 def load_examples(
@@ -342,25 +259,16 @@ def load_examples(
     ood_dev_size: int = OOD_DEV_SIZE,
 ) -> list[Example]:
     """Load one task's split as `Example` records, from a local folder (``source="local"``) or the hub."""
-    check_task(task)
-    family = task.split("/", 1)[0]
-    if split not in SPLITS[family]:
-        raise DataError(f"unknown split {split!r} for {task}; known: {', '.join(SPLITS[family])}")
+    benchmark = benchmark_of(task)
+    if split not in benchmark.splits:
+        raise DataError(f"unknown split {split!r} for {task}; known: {', '.join(benchmark.splits)}")
     if source == "hub":
-        from specialight.data.hub import load_from_hub
-
-        return load_from_hub(task, split, ood_dev_size)
+        if benchmark.hub_id is None or benchmark.read_hub is None:
+            raise DataError(f"{benchmark.name} is not on the hub here; use a local --data-dir")
+        return benchmark.read_hub(benchmark.hub_id, task, split, ood_dev_size)
     if source != "local":
         raise DataError(f"unknown source {source!r}; use 'local' or 'hub'")
-    root = resolve_data_dir(data_dir)
-    loaders: dict[str, Callable[[], list[Example]]] = {
-        "gsm8k": lambda: _load_gsm8k(root, split),
-        "multiarith": lambda: _load_multiarith(root, split),
-        "asdiv": lambda: _load_asdiv(root, split, ood_dev_size),
-        "svamp": lambda: _load_svamp(root, split, ood_dev_size),
-        "bbh": lambda: _load_bbh(root, task.split("/", 1)[1]),
-    }
-    return loaders[family]()
+    return benchmark.read(resolve_data_dir(data_dir), task, split, ood_dev_size)
 
 
 def load_bbh_prompt(task: str, style: str, data_dir: str | os.PathLike | None = None) -> str:
@@ -369,22 +277,22 @@ def load_bbh_prompt(task: str, style: str, data_dir: str | os.PathLike | None = 
     ``style="cot"`` reads ``cot-prompts/`` (rationales ending "So the answer is X."), ``style="ao"`` the
     answer-only prompts exactly as the BBH authors ran them (``ao-prompts/``).
     """
-    name = check_task(task).split("/", 1)[1] if task.startswith("bbh/") else check_task(f"bbh/{task}")[4:]
+    name = check_task(task if task.startswith("bbh/") else f"bbh/{task}").split("/", 1)[1]
     folder = {"cot": "cot-prompts", "ao": "ao-prompts"}.get(style)
     if folder is None:
         raise DataError(f"unknown BBH prompt style {style!r}; use 'cot' or 'ao'")
-    text = _need(resolve_data_dir(data_dir) / "bbh" / folder / f"{name}.txt").read_text(encoding="utf-8")
+    text = need(resolve_data_dir(data_dir) / "bbh" / folder / f"{name}.txt").read_text(encoding="utf-8")
     return text.split("-----\n", 1)[1].strip() if "-----\n" in text else text.strip()
 
 
 def split_table(data_dir: str | os.PathLike | None = None) -> list[tuple[str, str, int]]:
-    """``(task, split, count)`` for every math split and every BBH task; raises on anything missing."""
+    """``(task, split, count)`` for every registered task and split (and BBH's prompts read); raises on
+    anything missing."""
     rows: list[tuple[str, str, int]] = []
-    for task in MATH_TASKS:
-        for split in SPLITS[task]:
-            rows.append((task, split, len(load_examples(task, split, data_dir))))
-    for name in BBH_TASKS:
-        rows.append((f"bbh/{name}", "test", len(load_examples(f"bbh/{name}", "test", data_dir))))
-        for style in ("cot", "ao"):
-            load_bbh_prompt(name, style, data_dir)
+    for benchmark in REGISTRY.values():
+        for task in benchmark.tasks():
+            rows += [(task, split, len(load_examples(task, split, data_dir))) for split in benchmark.splits]
+            if benchmark is BBH:
+                for style in BBH.suites:
+                    load_bbh_prompt(task, style, data_dir)
     return rows

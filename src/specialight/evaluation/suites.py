@@ -1,7 +1,8 @@
 """Evaluation suites: which questions, in which prompt, scored how.
 
 Math suites ``<task>_<split>`` (``gsm8k_dev``, ``gsm8k_test``, ``multiarith_dev``, ``multiarith_test``,
-``asdiv_dev``, ``asdiv_test``, ``asdiv_all``, ``svamp_dev``, ``svamp_test``, ``svamp_all``) prompt with the
+``asdiv_dev``, ``asdiv_test``, ``asdiv_all``, ``svamp_dev``, ``svamp_test``, ``svamp_all``, and those of any
+benchmark registered later: `specialight.data.registry.Benchmark.suites`) prompt with the
 paper's 4-shot CoT file (``prompt_simple_4_cases.txt``, or ``prompt_file``) followed by
 ``Q: <question>\\nLet's think step by step\\n``; a ``_zero_shot`` suffix drops the demonstrations (the
 zero-shot CoT tuning format). ``mas_dev`` is the mean of the MultiArith, ASDiv and SVAMP dev suites: the
@@ -19,30 +20,42 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from specialight.data.formats import COT_TRIGGER, question_prompt, render
-from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
+from specialight.data.registry import REGISTRY
+from specialight.data.tasks import BBH, BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
 
 DEFAULT_PROMPT = "prompts/flan_t5_cot_specialization/prompt_simple_4_cases.txt"
-MATH_SUITES = {
-    f"{task}_{split}": (task, split)
-    for task, splits in {
-        "gsm8k": ("dev", "test"),
-        "multiarith": ("dev", "test"),
-        "asdiv": ("dev", "test", "all"),
-        "svamp": ("dev", "test", "all"),
-    }.items()
-    for split in splits
-}
+
+
+class _SplitSuites(Mapping[str, tuple[str, str]]):
+    """``suite -> (task, split)``: the suites ``<name>_<split>`` of every registered benchmark without
+    subtasks, read from the registry at each use so that a benchmark registered later has its suites."""
+
+    def _table(self) -> dict[str, tuple[str, str]]:
+        return {f"{b.name}_{s}": (b.name, s) for b in REGISTRY.values() if not b.subtasks for s in b.suites}
+
+    def __getitem__(self, name: str) -> tuple[str, str]:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+MATH_SUITES: Mapping[str, tuple[str, str]] = _SplitSuites()
 COMPOSITES = {
     "mas_dev": ("multiarith_dev", "asdiv_dev", "svamp_dev"),
     "mas_test": ("multiarith_test", "asdiv_test", "svamp_test"),
     "mas_all": ("multiarith_test", "asdiv_all", "svamp_all"),
 }
 _DEMONSTRATION_START = re.compile(r"\n\n+(?=Q: )")
-BBH_SUITES = ("bbh_ao", "bbh_cot")
+BBH_SUITES = tuple(f"{BBH.name}_{style}" for style in BBH.suites)
 
 
 @dataclass(frozen=True)
