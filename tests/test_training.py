@@ -7,7 +7,8 @@ import lightning as L
 import pytest
 import torch
 
-from specialight.data.datamodule import FormatBatchSampler, SpecializationDataModule
+from specialight.data.batching import FormatBatchSampler
+from specialight.data.datamodule import SpecializationDataModule
 from specialight.data.tasks import load_examples
 from specialight.losses import DistributionMatching, SampleMatching
 from specialight.module import SpecializationModule
@@ -61,8 +62,8 @@ def test_batches_hold_one_format_and_cover_every_unit_once(tiny_t5_dir, data_dir
 def test_collate_pads_lengths_to_a_multiple(tiny_t5_dir, data_dir, aligned_t5, multiple):
     dm = datamodule(tiny_t5_dir, data_dir, teacher_data=str(aligned_t5), pad_to_multiple_of=multiple)
     dm.setup("fit")
-    examples = [dm.encode(dm.dataset.items[i], "zero_shot_cot") for i in range(3)]
-    batch = dm.collate(examples)
+    examples = [dm.encoder.encode(dm.dataset.items[i], "zero_shot_cot") for i in range(3)]
+    batch = dm.encoder.collate(examples)
     longest = max(len(e["input_ids"]) for e in examples), max(len(e["labels"]) for e in examples)
     for length, key in zip(longest, ("input_ids", "labels")):
         size = batch[key].shape[1]
@@ -75,12 +76,12 @@ def test_collate_pads_lengths_to_a_multiple(tiny_t5_dir, data_dir, aligned_t5, m
 def test_causal_labels_mask_the_prompt_and_end_with_eos(tiny_gpt2_dir, data_dir):
     dm = datamodule(tiny_gpt2_dir, data_dir)
     dm.setup("fit")
-    example = dm.encode(dm.dataset.items[0], "zero_shot_cot")
+    example = dm.encoder.encode(dm.dataset.items[0], "zero_shot_cot")
     prompt_length = example["labels"].count(-100)
     assert prompt_length > 0 and all(x == -100 for x in example["labels"][:prompt_length])
     assert example["labels"][prompt_length:] == example["input_ids"][prompt_length:]
-    assert example["labels"][-1] == dm.tokenizer.eos_token_id
-    assert dm.tokenizer.decode(example["input_ids"][:prompt_length]).startswith("Q: ")
+    assert example["labels"][-1] == dm.encoder.tokenizer.eos_token_id
+    assert dm.encoder.tokenizer.decode(example["input_ids"][:prompt_length]).startswith("Q: ")
 
 
 def test_aligned_targets_feed_their_exact_tokens(tiny_t5_dir, data_dir, aligned_t5):
@@ -90,11 +91,11 @@ def test_aligned_targets_feed_their_exact_tokens(tiny_t5_dir, data_dir, aligned_
     dm.setup("fit")
     assert dm.has_teacher_distributions
     row = load_targets(aligned_t5)[0]
-    example = dm.encode(dm.dataset.items[0], "zero_shot_cot")
+    example = dm.encoder.encode(dm.dataset.items[0], "zero_shot_cot")
     assert example["labels"][:-1] == row["input_ids"][: len(example["labels"]) - 1]
     assert example["topk_ids"].shape == (len(example["labels"]), row["target_width"]) == (len(example["labels"]), 6)
     assert (example["topk_probs"].sum(-1) <= 1 + 1e-5).all()
-    answer_only = dm.encode(dm.dataset.items[0], "zero_shot_answer_only")
+    answer_only = dm.encoder.encode(dm.dataset.items[0], "zero_shot_answer_only")
     assert (answer_only["topk_probs"][:, 0] == 1).all()  # answer-only: one-hot on its own tokens
 
 
@@ -141,7 +142,7 @@ def test_checkpoint_reloads_loss_plugin_and_resume_keeps_data_order(tiny_t5_dir,
 
     reloaded = SpecializationModule.load_from_checkpoint(checkpoint)
     assert isinstance(reloaded.loss, DistributionMatching) and reloaded.loss.formats == ("zero_shot_cot",)
-    stored = torch.load(checkpoint, weights_only=False)["specialight"]
+    stored = torch.load(checkpoint, weights_only=False)["SpecializationDataModule"]  # the data module's state_dict
     assert any(path.endswith("targets.arrow") for path in stored["data_sha256"])
     assert all(len(digest) == 64 for digest in stored["data_sha256"].values())
 

@@ -297,9 +297,5 @@ class SpecializationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the run's config and the sha256 of the data it read beside the weights."""
-        record: dict[str, Any] = {"config": self.run_config}
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "data_sha256"):
-            record["data_sha256"] = datamodule.data_sha256()
-        checkpoint["specialight"] = record
+        """Store the run's config beside the weights (the data module stores the data's sha256 itself)."""
+        checkpoint["specialight"] = {"config": self.run_config}
