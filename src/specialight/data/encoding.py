@@ -1,6 +1,7 @@
 """Training examples as the student's tokens: source items, the dataset of one epoch's ``(item, format)``
 units, their encoding (prompt and target ids, labels, the teacher's sparse top-k where aligned) and their
-collation into padded batches."""
+collation into padded batches. `batch_examples` and `batch_tokens` measure a batch for Lightning's
+``ThroughputMonitor`` (``batch_size_fn`` and ``length_fn`` in the configs)."""
 
 from __future__ import annotations
 
@@ -92,18 +93,22 @@ class Encoder:
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Pad to the longest in the batch, rounded up to ``pad_to_multiple_of``: ``input_ids``/``attention_mask``
-        ``[B, S]``, ``labels`` ``[B, T]``, ``format_ids`` and ``units`` (dataset indices) ``[B]``, and
-        ``topk_ids``/``topk_probs`` ``[B, T, k]`` where present."""
+        ``[B, S]``, ``labels`` ``[B, T]``, ``format_ids``, ``units`` (dataset indices) and ``num_tokens`` (the
+        tokens the student reads, prompt and target, padding left out) ``[B]``, and ``topk_ids``/``topk_probs``
+        ``[B, T, k]`` where present."""
         pad = self.tokenizer.pad_token_id
         multiple = max(self.pad_to_multiple_of, 1)
         source = -(-max(len(e["input_ids"]) for e in examples) // multiple) * multiple
         target = -(-max(len(e["labels"]) for e in examples) // multiple) * multiple
+        # decoder-only inputs hold the target already; a seq2seq decoder reads it besides the encoder's prompt
+        read = [len(e["input_ids"]) + (len(e["labels"]) if self.encoder_decoder else 0) for e in examples]
         batch = {
             "input_ids": torch.full((len(examples), source), pad, dtype=torch.long),
             "attention_mask": torch.zeros((len(examples), source), dtype=torch.long),
             "labels": torch.full((len(examples), target), IGNORE_INDEX, dtype=torch.long),
             "format_ids": torch.tensor([e["format_id"] for e in examples], dtype=torch.long),
             "units": torch.tensor([e.get("unit", -1) for e in examples], dtype=torch.long),
+            "num_tokens": torch.tensor(read, dtype=torch.long),
         }
         if "topk_ids" in examples[0]:
             k = examples[0]["topk_ids"].shape[1]
@@ -165,3 +170,13 @@ class FormattedDataset(Dataset):
         item, fmt = self.items[item_index], FORMATS[format_id]
         demos = self.encoder.builder.num_demonstrations if fmt.startswith("in_context") else 0
         return len(item.example.question) * (1 + demos) + (len(item.rationale or "") if is_cot(fmt) else 20)
+
+
+def batch_examples(batch: dict[str, torch.Tensor]) -> int:
+    """Examples in a collated batch (``ThroughputMonitor``'s ``batch_size_fn``)."""
+    return int(batch["input_ids"].shape[0])
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the student reads in a collated batch, padding left out (``ThroughputMonitor``'s ``length_fn``)."""
+    return int(batch["num_tokens"].sum())
