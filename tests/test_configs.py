@@ -47,7 +47,12 @@ def test_paper_recipe_per_size(size, capsys):
         assert model["gradient_checkpointing"] is True and model["shard_param_dtype"] == "bfloat16"
     assert batch_sizes.items() <= data["batch_sizes"].items() and len(data["batch_sizes"]) == 4
     assert data["max_target_length"] == 256 and data["one_format_per_batch"] is True
-    assert [c["class_path"].rsplit(".", 1)[1] for c in trainer["callbacks"]] == ["PeriodicEvaluation", "ModelSelection"]
+    assert [c["class_path"].rsplit(".", 1)[1] for c in trainer["callbacks"]] == [
+        "PeriodicEvaluation",
+        "ModelSelection",
+        "LearningRateMonitor",
+        "ThroughputMonitor",
+    ]
     assert trainer["default_root_dir"] == f"runs/{size}"
 
 

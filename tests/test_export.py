@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from specialight.cli import cli_main
-from specialight.export import export_checkpoint
+from specialight.export import data_sha256, export_checkpoint
 from specialight.module import SpecializationModule
 from specialight.training import run_lightning_cli
 
@@ -65,8 +65,8 @@ def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_d
 
     card = (out / "README.md").read_text()
     stored = torch.load(ckpt, weights_only=False)
-    assert stored["specialight"]["data_sha256"]
-    for path, digest in stored["specialight"]["data_sha256"].items():
+    assert stored["SpecializationDataModule"]["data_sha256"]
+    for path, digest in stored["SpecializationDataModule"]["data_sha256"].items():
         assert f"| `{path}` | `{digest}` |" in card
     assert (t5_run / "selection.md").read_text().strip() in card
     assert f"base model: `{tiny_t5_dir}`" in card
@@ -95,6 +95,13 @@ def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_d
         == 0
     )
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())
+
+
+def test_data_hashes_come_from_the_data_module_state_or_an_older_checkpoint_record():
+    hashes = {"data/gsm8k/train.jsonl": "a" * 64}
+    assert data_sha256({"SpecializationDataModule": {"data_sha256": hashes}, "specialight": {}}) == hashes
+    assert data_sha256({"specialight": {"data_sha256": hashes}}) == hashes  # saved by the module itself
+    assert data_sha256({"specialight": {"config": None}}) == {}
 
 
 def test_causal_round_trip_and_dtype(logged_run, tmp_path):

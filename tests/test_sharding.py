@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import read_steps
-from tests.test_training import cli
+from tests.test_training import MONITORS, cli
 
 ACCUMULATE = 2
 EVALUATE = [
@@ -56,6 +56,7 @@ def _fit(model_dir, data_dir, root, steps_out, *extra):
         f"--trainer.default_root_dir={root}",
         "--trainer.callbacks+=tests.helpers.RecordSteps",
         f"--trainer.callbacks.out={steps_out}",
+        *MONITORS[2:],  # without a logger (LearningRateMonitor needs one): the monitor must not fail
         *extra,
         cwd=root.parent,
     )

@@ -7,12 +7,14 @@ import lightning as L
 import pytest
 import torch
 
-from specialight.data.datamodule import FormatBatchSampler, SpecializationDataModule
+from specialight.data.batching import FormatBatchSampler
+from specialight.data.datamodule import SpecializationDataModule
 from specialight.data.tasks import load_examples
 from specialight.losses import DistributionMatching, SampleMatching
 from specialight.module import SpecializationModule
 from tests.conftest import ROOT
 from tests.helpers import RecordSteps, quiet_trainer, read_steps
+from tests.test_callbacks import tensorboard_scalars
 
 FORMATS_SMALL = {
     "in_context_cot": 1.0,
@@ -61,8 +63,8 @@ def test_batches_hold_one_format_and_cover_every_unit_once(tiny_t5_dir, data_dir
 def test_collate_pads_lengths_to_a_multiple(tiny_t5_dir, data_dir, aligned_t5, multiple):
     dm = datamodule(tiny_t5_dir, data_dir, teacher_data=str(aligned_t5), pad_to_multiple_of=multiple)
     dm.setup("fit")
-    examples = [dm.encode(dm.dataset.items[i], "zero_shot_cot") for i in range(3)]
-    batch = dm.collate(examples)
+    examples = [dm.encoder.encode(dm.dataset.items[i], "zero_shot_cot") for i in range(3)]
+    batch = dm.encoder.collate(examples)
     longest = max(len(e["input_ids"]) for e in examples), max(len(e["labels"]) for e in examples)
     for length, key in zip(longest, ("input_ids", "labels")):
         size = batch[key].shape[1]
@@ -70,17 +72,22 @@ def test_collate_pads_lengths_to_a_multiple(tiny_t5_dir, data_dir, aligned_t5, m
     assert batch["topk_ids"].shape[1] == batch["labels"].shape[1]
     assert int(batch["attention_mask"].sum()) == sum(len(e["input_ids"]) for e in examples)
     assert int((batch["labels"] != -100).sum()) == sum(len(e["labels"]) for e in examples)
+    # a seq2seq student reads the prompt (encoder) and the target (decoder)
+    assert batch["num_tokens"].tolist() == [len(e["input_ids"]) + len(e["labels"]) for e in examples]
 
 
 def test_causal_labels_mask_the_prompt_and_end_with_eos(tiny_gpt2_dir, data_dir):
     dm = datamodule(tiny_gpt2_dir, data_dir)
     dm.setup("fit")
-    example = dm.encode(dm.dataset.items[0], "zero_shot_cot")
+    example = dm.encoder.encode(dm.dataset.items[0], "zero_shot_cot")
     prompt_length = example["labels"].count(-100)
     assert prompt_length > 0 and all(x == -100 for x in example["labels"][:prompt_length])
     assert example["labels"][prompt_length:] == example["input_ids"][prompt_length:]
-    assert example["labels"][-1] == dm.tokenizer.eos_token_id
-    assert dm.tokenizer.decode(example["input_ids"][:prompt_length]).startswith("Q: ")
+    assert example["labels"][-1] == dm.encoder.tokenizer.eos_token_id
+    assert dm.encoder.tokenizer.decode(example["input_ids"][:prompt_length]).startswith("Q: ")
+    # a decoder-only student reads its input, which holds the target already
+    batch = dm.encoder.collate([example, dm.encoder.encode(dm.dataset.items[1], "zero_shot_answer_only")])
+    assert batch["num_tokens"].tolist() == batch["attention_mask"].sum(dim=1).tolist()
 
 
 def test_aligned_targets_feed_their_exact_tokens(tiny_t5_dir, data_dir, aligned_t5):
@@ -90,11 +97,11 @@ def test_aligned_targets_feed_their_exact_tokens(tiny_t5_dir, data_dir, aligned_
     dm.setup("fit")
     assert dm.has_teacher_distributions
     row = load_targets(aligned_t5)[0]
-    example = dm.encode(dm.dataset.items[0], "zero_shot_cot")
+    example = dm.encoder.encode(dm.dataset.items[0], "zero_shot_cot")
     assert example["labels"][:-1] == row["input_ids"][: len(example["labels"]) - 1]
     assert example["topk_ids"].shape == (len(example["labels"]), row["target_width"]) == (len(example["labels"]), 6)
     assert (example["topk_probs"].sum(-1) <= 1 + 1e-5).all()
-    answer_only = dm.encode(dm.dataset.items[0], "zero_shot_answer_only")
+    answer_only = dm.encoder.encode(dm.dataset.items[0], "zero_shot_answer_only")
     assert (answer_only["topk_probs"][:, 0] == 1).all()  # answer-only: one-hot on its own tokens
 
 
@@ -141,9 +148,44 @@ def test_checkpoint_reloads_loss_plugin_and_resume_keeps_data_order(tiny_t5_dir,
 
     reloaded = SpecializationModule.load_from_checkpoint(checkpoint)
     assert isinstance(reloaded.loss, DistributionMatching) and reloaded.loss.formats == ("zero_shot_cot",)
-    stored = torch.load(checkpoint, weights_only=False)["specialight"]
+    stored = torch.load(checkpoint, weights_only=False)["SpecializationDataModule"]  # the data module's state_dict
     assert any(path.endswith("targets.arrow") for path in stored["data_sha256"])
     assert all(len(digest) == 64 for digest in stored["data_sha256"].values())
+
+
+def test_throughput_monitor_counts_the_tokens_of_our_batches(tiny_gpt2_dir, data_dir, tmp_path):
+    import csv
+
+    from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    from specialight.data.encoding import batch_examples, batch_tokens
+
+    def monitor():
+        return ThroughputMonitor(batch_size_fn=batch_examples, length_fn=batch_tokens, window_size=2)
+
+    # validation every 2 steps: Lightning's monitor keeps its time out of the training rate
+    trainer = quiet_trainer(
+        4,
+        [monitor(), LearningRateMonitor(logging_interval="step")],
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        limit_val_batches=1,
+        val_check_interval=2,
+    )
+    trainer.fit(SpecializationModule(str(tiny_gpt2_dir)), datamodule(tiny_gpt2_dir, data_dir))
+    with open(next(tmp_path.rglob("metrics.csv"))) as handle:
+        rows = list(csv.DictReader(handle))
+    logged = {key for row in rows for key, value in row.items() if value}
+    assert {"train/device/items_per_sec", "train/device/samples_per_sec", "validate/lengths"} <= logged
+    assert any(key.startswith("lr-AdamW") for key in logged)
+    dm = datamodule(tiny_gpt2_dir, data_dir)
+    dm.setup("fit")
+    first = [batch for _, batch in zip(range(4), dm.train_dataloader())]
+    assert max(float(row["train/lengths"]) for row in rows if row.get("train/lengths")) == sum(map(batch_tokens, first))
+    assert max(float(row["train/samples"]) for row in rows if row.get("train/samples")) == 4 * 4
+
+    quiet_trainer(2, [monitor()]).fit(SpecializationModule(str(tiny_gpt2_dir)), datamodule(tiny_gpt2_dir, data_dir))
 
 
 def cli(*args, cwd, timeout=600):
@@ -157,6 +199,17 @@ def cli(*args, cwd, timeout=600):
         text=True,
         timeout=timeout,
     )
+
+
+# the configs' monitors, as the command line adds them
+MONITORS = [
+    "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor",
+    "--trainer.callbacks.logging_interval=step",
+    "--trainer.callbacks+=lightning.pytorch.callbacks.ThroughputMonitor",
+    "--trainer.callbacks.batch_size_fn=specialight.data.encoding.batch_examples",
+    "--trainer.callbacks.length_fn=specialight.data.encoding.batch_tokens",
+    "--trainer.callbacks.window_size=4",
+]
 
 
 @pytest.mark.slow
@@ -197,9 +250,13 @@ def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
         "--trainer.callbacks.limit=3",
         "--trainer.callbacks.max_new_tokens=4",
         f"--trainer.callbacks.data_dir={data_dir}",
+        *MONITORS,
+        "--trainer.log_every_n_steps=4",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    scalars = tensorboard_scalars(next((tmp_path / "runs").rglob("events.out.tfevents.*")).parent)
+    assert {"train/items_per_sec", "train/device/items_per_sec", "lr-AdamW/pg1"} <= set(scalars)
     ranks = [read_steps(tmp_path / "steps", r) for r in (0, 1)]
     units = [[u for s in steps for u in s["units"]] for steps in ranks]
     assert units[0] and units[1] and not set(units[0]) & set(units[1])

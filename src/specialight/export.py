@@ -79,6 +79,15 @@ def base_model_id(name_or_path: str) -> str | None:
     return name
 
 
+def data_sha256(stored: dict[str, Any]) -> dict[str, str]:
+    """The sha256 of each data file the run read: the data module's state in the checkpoint (Lightning keys
+    it by the class name), or the module's own record in checkpoints written before that."""
+    from specialight.data.datamodule import SpecializationDataModule
+
+    state = stored.get(SpecializationDataModule.__qualname__) or {}
+    return state.get("data_sha256") or (stored.get("specialight") or {}).get("data_sha256") or {}
+
+
 def model_card(stored: dict[str, Any], ckpt: Path, hparams: dict[str, Any], encoder_decoder: bool) -> str:
     """The model card (``README.md``): metadata header, provenance, selection table, data hashes, config."""
     record = stored.get("specialight") or {}
@@ -129,7 +138,7 @@ def model_card(stored: dict[str, Any], ckpt: Path, hparams: dict[str, Any], enco
     else:
         lines.append(f"No `selection.md` beside `{ckpt.name}`: the run had no ModelSelection, or had not finished.")
     lines += ["", "## Training data (sha256)", ""]
-    hashes = record.get("data_sha256") or {}
+    hashes = data_sha256(stored)
     if hashes:
         lines += ["| file | sha256 |", "|---|---|"] + [f"| `{path}` | `{digest}` |" for path, digest in hashes.items()]
     else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import time
 from typing import Any
 
 import lightning as L
@@ -105,7 +104,8 @@ class SpecializationModule(L.LightningModule):
         self._chunked = True
         self._keeps_logits = False
         self.run_config: dict[str, Any] | None = None
-        self._step_started: float | None = None
+        # read by Lightning's ThroughputMonitor (the configs' tokens per second); None: FLOPs not measured
+        self.flops_per_batch: int | None = None
 
     def configure_model(self) -> None:
         """Build the student (once): sharded over the strategy's device mesh if it has one, else whole."""
@@ -254,13 +254,6 @@ class SpecializationModule(L.LightningModule):
         formats = batch["format_ids"].unique()
         if formats.numel() == 1:
             self.log(f"train/loss_{FORMATS[int(formats)]}", loss, batch_size=size)
-        now = time.perf_counter()
-        if self._step_started is not None:
-            tokens = int(batch["attention_mask"].sum()) + (
-                int((batch["labels"] >= 0).sum()) if self.encoder_decoder else 0
-            )
-            self.log("train/tokens_per_s", tokens / max(now - self._step_started, 1e-9), batch_size=size)
-        self._step_started = now
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -297,9 +290,5 @@ class SpecializationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the run's config and the sha256 of the data it read beside the weights."""
-        record: dict[str, Any] = {"config": self.run_config}
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "data_sha256"):
-            record["data_sha256"] = datamodule.data_sha256()
-        checkpoint["specialight"] = record
+        """Store the run's config beside the weights (the data module stores the data's sha256 itself)."""
+        checkpoint["specialight"] = {"config": self.run_config}

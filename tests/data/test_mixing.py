@@ -1,4 +1,5 @@
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,18 @@ def test_per_format_batch_sizes_are_checked(tiny_t5_dir, data_dir):
         SpecializationDataModule(
             str(tiny_t5_dir), data_dir=str(data_dir), batch_sizes={"zero_shot_cot": 2}, one_format_per_batch=False
         )
+
+
+def test_state_dict_holds_the_provenance_and_warns_when_resumed_data_changed(tiny_t5_dir, data_dir, caplog):
+    dm = SpecializationDataModule(str(tiny_t5_dir), data_dir=str(data_dir))
+    hashes = dm.state_dict()["data_sha256"]
+    assert sorted(Path(path).name for path in hashes) == ["train.jsonl", "validation_index.npy"]
+    assert all(len(digest) == 64 for digest in hashes.values())
+
+    resumed = SpecializationDataModule(str(tiny_t5_dir), data_dir=str(data_dir))
+    train = next(path for path in hashes if path.endswith("train.jsonl"))
+    resumed.load_state_dict({"data_sha256": hashes | {train: "0" * 64, "/elsewhere/gone.jsonl": "1" * 64}})
+    with caplog.at_level(logging.WARNING, logger="specialight.data.datamodule"):
+        assert resumed.state_dict() == {"data_sha256": hashes}  # the files read now, not the checkpoint's
+    assert f"changed since the checkpoint this run resumed from: {train}" in caplog.text
+    assert "gone.jsonl" not in caplog.text  # not read by this run

@@ -12,33 +12,33 @@ question, as the authors built them (`specialight.data.mixing`); a format's ``we
 (a fractional weight takes a seeded subset). Batches hold one format each (the authors' batching; each
 format may have its own batch size, ``batch_sizes``) or are mixed, are grouped by length within windows
 of 50 batches to cut padding, and follow a seeded order per epoch. Under DDP every rank takes a disjoint,
-equally long share of the batches. At setup the module logs a table: per format, examples and batches
-per epoch, mean tokens, and how many targets are cut at ``max_target_length``.
+equally long share of the batches (`specialight.data.batching`; encoding: `specialight.data.encoding`).
+At setup the module logs a table: per format, examples and batches per epoch, mean tokens, and how many
+targets are cut at ``max_target_length``. Its ``state_dict`` is the data's provenance (files and sha256).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from specialight.data.batching import FormatBatchSampler, ResumableDataLoader
+from specialight.data.encoding import Encoder, FormattedDataset, Item
 from specialight.data.formats import FORMATS, FormatBuilder, check_format, is_cot, newline_separator
+from specialight.data.jsonl import DataError
 from specialight.data.mixing import FormatRow, data_table, epoch_units
 from specialight.data.records import sample_files
-from specialight.data.tasks import DataError, Example, load_examples, resolve_data_dir
-from specialight.losses import IGNORE_INDEX
+from specialight.data.tasks import Example, load_examples, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 DEFAULT_FORMATS = {fmt: 1.0 for fmt in FORMATS}
 TABLE_SAMPLE = 32
-__all__ = ["FormatBatchSampler", "ResumableDataLoader", "SpecializationDataModule"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -48,31 +48,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Item:
-    """One source item: a question, its target rationale, and its row in the aligned targets if any."""
-
-    example: Example
-    rationale: str | None
-    target_row: int | None = None
-
-
-class FormattedDataset(Dataset):
-    """Unit i = (item, format); returns token ids, labels and (with aligned targets) sparse top-k."""
-
-    def __init__(self, module: SpecializationDataModule, items: list[Item], units: list[tuple[int, int]]) -> None:
-        self.module = module
-        self.items = items
-        self.units = units
-
-    def __len__(self) -> int:
-        return len(self.units)
-
-    def __getitem__(self, index: int) -> dict:
-        item_index, format_id = self.units[index]
-        return {**self.module.encode(self.items[item_index], FORMATS[format_id], draw=item_index), "unit": index}
 
 
 class SpecializationDataModule(L.LightningDataModule):
@@ -127,12 +102,11 @@ class SpecializationDataModule(L.LightningDataModule):
             raise DataError(f"batch_sizes: every size must be a positive integer, got {batch_sizes}")
         if self.batch_sizes and not one_format_per_batch:
             raise DataError("batch_sizes: per-format batch sizes need one_format_per_batch=true")
-        self.tokenizer = None
-        self.encoder_decoder = False
         self.targets = None
-        self.target_width = 0
+        self.encoder: Encoder | None = None
         self.dataset: FormattedDataset | None = None
         self._data_sha256: dict[str, str] | None = None
+        self._resumed_sha256: dict[str, str] | None = None
         self._outside_pool = 0
 
     @property
@@ -154,7 +128,6 @@ class SpecializationDataModule(L.LightningDataModule):
                 from specialight.align.run import load_targets
 
                 self.targets = load_targets(path)
-                self.target_width = int(self.targets[0]["target_width"]) if len(self.targets) else 0
                 rows = self.targets.select_columns(["question_id", "text", "correct"])
                 items = [
                     Item(example, r["text"], index)
@@ -195,18 +168,26 @@ class SpecializationDataModule(L.LightningDataModule):
         from specialight.models import is_encoder_decoder, load_tokenizer
 
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model_name_or_path)
-        self.encoder_decoder = is_encoder_decoder(hp.model_name_or_path)
+        tokenizer = load_tokenizer(hp.model_name_or_path)
         pool = load_examples("gsm8k", "tune", hp.data_dir)
-        self.builder = FormatBuilder(
+        builder = FormatBuilder(
             pool,
             num_demonstrations=hp.num_demonstrations,
             seed=hp.seed,
-            newline=newline_separator(self.tokenizer),
+            newline=newline_separator(tokenizer),
         )
         items = self._items(pool)
+        self.encoder = Encoder(
+            tokenizer,
+            builder,
+            encoder_decoder=is_encoder_decoder(hp.model_name_or_path),
+            max_source_length=hp.max_source_length,
+            max_target_length=hp.max_target_length,
+            pad_to_multiple_of=hp.pad_to_multiple_of,
+            targets=self.targets,
+        )
         units = epoch_units([item.example.id for item in items], self.formats, hp.seed)
-        self.dataset = FormattedDataset(self, items, units)
+        self.dataset = FormattedDataset(self.encoder, items, units)
         logger.info(
             "%d source items (%d questions) -> %d training examples per epoch:\n%s",
             len(items),
@@ -223,7 +204,7 @@ class SpecializationDataModule(L.LightningDataModule):
         hp = self.hparams
         return FormatBatchSampler(
             [f for _, f in self.dataset.units],
-            [self._length_proxy(i, f) for i, f in self.dataset.units],
+            [self.dataset.length_proxy(unit) for unit in range(len(self.dataset))],
             batch_size={FORMATS.index(f): self.size_of(f) for f in self.formats} if self.batch_sizes else hp.batch_size,
             one_format_per_batch=hp.one_format_per_batch,
             seed=hp.seed,
@@ -237,7 +218,7 @@ class SpecializationDataModule(L.LightningDataModule):
         units = self.dataset.units
         formats = np.asarray([f for _, f in units])
         batches = np.bincount([int(formats[b[0]]) for b in self._sampler()._all_batches() if b], minlength=len(FORMATS))
-        lengths = self._target_lengths()
+        lengths = self.encoder.target_lengths(self.dataset.items, sorted({(i, is_cot(FORMATS[f])) for i, f in units}))
         rng = np.random.default_rng(self.hparams.seed)
         rows = []
         for fmt in self.formats:
@@ -258,100 +239,8 @@ class SpecializationDataModule(L.LightningDataModule):
             )
         return rows
 
-    def _target_lengths(self) -> dict[tuple[int, bool], int]:
-        """Target tokens (before the cut, without EOS) of every ``(item, chain of thought?)`` in the epoch."""
-        needed = sorted({(i, is_cot(FORMATS[f])) for i, f in self.dataset.units})
-        lengths: dict[tuple[int, bool], int] = {}
-        aligned = None
-        if self.targets is not None:
-            import pyarrow.compute as pc
-
-            aligned = pc.list_value_length(self.targets.data.column("input_ids")).to_numpy()
-        texts: list[str] = []
-        keys: list[tuple[int, bool]] = []
-        for index, cot in needed:
-            item = self.dataset.items[index]
-            if cot and aligned is not None and item.target_row is not None:
-                lengths[(index, cot)] = int(aligned[item.target_row])
-                continue
-            fmt = "zero_shot_cot" if cot else "zero_shot_answer_only"
-            texts.append(self.builder.build(item.example, fmt, item.rationale if cot else None).target)
-            keys.append((index, cot))
-        if texts:
-            encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-            lengths.update({key: len(ids) for key, ids in zip(keys, encoded)})
-        return lengths
-
-    def _length_proxy(self, item_index: int, format_id: int) -> int:
-        item = self.dataset.items[item_index]
-        demos = self.hparams.num_demonstrations if FORMATS[format_id].startswith("in_context") else 0
-        return len(item.example.question) * (1 + demos) + (
-            len(item.rationale or "") if is_cot(FORMATS[format_id]) else 20
-        )
-
-    def encode(self, item: Item, fmt: str, draw: int = 0) -> dict:
-        """One training example as token ids: ``input_ids``, ``labels`` and, with aligned targets,
-        ``topk_ids``/``topk_probs`` ``[len(labels), k]`` (one-hot outside the aligned CoT text)."""
-        tokenizer, hp = self.tokenizer, self.hparams
-        cot = is_cot(fmt)
-        formatted = self.builder.build(item.example, fmt, item.rationale if cot else None, draw)
-        row = self.targets[item.target_row] if self.targets is not None and cot else None
-        if row is not None:
-            target = list(row["input_ids"])  # the exact tokens the teacher's top-k were projected onto
-        else:
-            target = tokenizer.encode(formatted.target, add_special_tokens=False)
-        target = target[: hp.max_target_length - 1] + [tokenizer.eos_token_id]
-        if self.encoder_decoder:
-            prompt = tokenizer.encode(formatted.prompt, add_special_tokens=True)[-hp.max_source_length :]
-            input_ids, labels, offset = prompt, target, 0
-        else:
-            prompt = tokenizer.encode(formatted.prompt, add_special_tokens=True)[-hp.max_source_length :]
-            input_ids, labels, offset = prompt + target, [IGNORE_INDEX] * len(prompt) + target, len(prompt)
-        encoded = {"input_ids": input_ids, "labels": labels, "format_id": FORMATS.index(fmt)}
-        if self.targets is not None:
-            k = self.target_width
-            ids = np.zeros((len(labels), k), dtype=np.int64)
-            probs = np.zeros((len(labels), k), dtype=np.float32)
-            ids[offset:, 0] = target
-            probs[offset:, 0] = 1.0
-            if row is not None:
-                n = len(target) - 1
-                ids[offset : offset + n] = np.asarray(row["topk_ids"], dtype=np.int64).reshape(-1, k)[:n]
-                probs[offset : offset + n] = np.asarray(row["topk_probs"], dtype=np.float32).reshape(-1, k)[:n]
-            encoded |= {"topk_ids": ids, "topk_probs": probs}
-        return encoded
-
-    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Pad to the longest in the batch, rounded up to ``pad_to_multiple_of``: ``input_ids``/``attention_mask``
-        ``[B, S]``, ``labels`` ``[B, T]``, ``format_ids`` and ``units`` (dataset indices) ``[B]``, and
-        ``topk_ids``/``topk_probs`` ``[B, T, k]`` where present."""
-        pad = self.tokenizer.pad_token_id
-        multiple = max(self.hparams.pad_to_multiple_of, 1)
-        source = -(-max(len(e["input_ids"]) for e in examples) // multiple) * multiple
-        target = -(-max(len(e["labels"]) for e in examples) // multiple) * multiple
-        batch = {
-            "input_ids": torch.full((len(examples), source), pad, dtype=torch.long),
-            "attention_mask": torch.zeros((len(examples), source), dtype=torch.long),
-            "labels": torch.full((len(examples), target), IGNORE_INDEX, dtype=torch.long),
-            "format_ids": torch.tensor([e["format_id"] for e in examples], dtype=torch.long),
-            "units": torch.tensor([e.get("unit", -1) for e in examples], dtype=torch.long),
-        }
-        if "topk_ids" in examples[0]:
-            k = examples[0]["topk_ids"].shape[1]
-            batch["topk_ids"] = torch.zeros((len(examples), target, k), dtype=torch.long)
-            batch["topk_probs"] = torch.zeros((len(examples), target, k), dtype=torch.float32)
-        for row, example in enumerate(examples):
-            n, t = len(example["input_ids"]), len(example["labels"])
-            batch["input_ids"][row, :n] = torch.tensor(example["input_ids"])
-            batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, :t] = torch.tensor(example["labels"])
-            if "topk_ids" in example:
-                batch["topk_ids"][row, :t] = torch.from_numpy(example["topk_ids"])
-                batch["topk_probs"][row, :t] = torch.from_numpy(example["topk_probs"])
-        return batch
-
     def data_files(self) -> list[Path]:
-        """The files this data module reads (hashed into every checkpoint)."""
+        """The files this data module reads (hashed into every checkpoint, `state_dict`)."""
         root = resolve_data_dir(self.hparams.data_dir)
         files = [root / "gsm8k" / "train.jsonl", root / "gsm8k" / "validation_index.npy"]
         if self.hparams.teacher_data is not None:
@@ -359,16 +248,27 @@ class SpecializationDataModule(L.LightningDataModule):
             files += [path / "targets.arrow"] if (path / "targets.arrow").is_file() else sample_files(path)
         return files
 
-    def data_sha256(self) -> dict[str, str]:
-        """sha256 of every file in `data_files`, computed once."""
+    def state_dict(self) -> dict[str, Any]:
+        """The data's provenance, which Lightning stores in every checkpoint: ``{"data_sha256": {file: sha256}}``
+        for every file in `data_files`, hashed once per run."""
         if self._data_sha256 is None:
             self._data_sha256 = {str(path): file_sha256(path) for path in self.data_files()}
-        return self._data_sha256
+            resumed = self._resumed_sha256 or {}
+            changed = [path for path, digest in resumed.items() if self._data_sha256.get(path, digest) != digest]
+            if changed:
+                logger.warning("changed since the checkpoint this run resumed from: %s", ", ".join(changed))
+        return {"data_sha256": self._data_sha256}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the provenance of the checkpoint resumed from: the next save warns about files that changed."""
+        self._resumed_sha256 = state_dict.get("data_sha256")
 
     def _gold_loader(self, split: str) -> DataLoader:
         items = [Item(e, e.rationale) for e in load_examples("gsm8k", split, self.hparams.data_dir)]
-        dataset = FormattedDataset(self, items, [(i, FORMATS.index("zero_shot_cot")) for i in range(len(items))])
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=self.collate)
+        dataset = FormattedDataset(
+            self.encoder, items, [(i, FORMATS.index("zero_shot_cot")) for i in range(len(items))]
+        )
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=self.encoder.collate)
 
     def val_dataloader(self) -> DataLoader:
         """GSM8K dev (gold rationales) in zero-shot CoT: the teacher-forced loss of held-out questions.
@@ -393,7 +293,7 @@ class SpecializationDataModule(L.LightningDataModule):
         return ResumableDataLoader(
             self.dataset,
             batch_sampler=sampler,
-            collate_fn=self.collate,
+            collate_fn=self.encoder.collate,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
             datamodule=self,
