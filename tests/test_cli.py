@@ -49,12 +49,17 @@ def test_print_config_feeds_back_through_config_unchanged(stage, capsys, tmp_pat
     assert yaml.safe_load(first)
 
 
-def test_settings_fields_are_options_and_dashed_spellings_still_read(capsys):
+def test_settings_fields_are_options_and_old_spellings_still_read(capsys):
     config = yaml.safe_load(printed(capsys, ["evaluate", *REQUIRED["evaluate"], "--max-new-tokens", "8"]))
     assert config["max_new_tokens"] == 8 and config["suites"] == ["gsm8k_dev", "bbh_cot"]
     assert config["limits"] == {"bbh_cot": 2} and config["data_dir"] is None
-    config = yaml.safe_load(printed(capsys, ["align", *REQUIRED["align"], "--teacher-scheme", "byte_level"]))
-    assert config["teacher_scheme"] == "byte_level" and config["student_tokenizer"] == "t5"
+    config = yaml.safe_load(
+        printed(capsys, ["align", "--only-correct", *REQUIRED["align"], "--teacher-scheme", "byte_level"])
+    )
+    assert config["teacher_scheme"] == "byte_level" and config["student_tokenizer"] == "t5" and config["only_correct"]
+    config = yaml.safe_load(printed(capsys, ["export", *REQUIRED["export"], "--overwrite"]))
+    assert config["overwrite"] is True and config["dtype"] == "bfloat16"
+    assert yaml.safe_load(printed(capsys, ["distill", *REQUIRED["distill"], "--score", "false"]))["score"] is False
     with pytest.raises(SystemExit):  # the settings' Literal types are the choices
         cli_main(["align", *REQUIRED["align"], "--method", "guess"])
 

@@ -81,11 +81,11 @@ class PeriodicEvaluation(L.Callback):
     ) -> None:
         self.settings = settings
         self.every_n_examples = every_n_examples
+        self.likelihood_every_n_examples = likelihood_every_n_examples
         self.before_training = before_training
         self.at_end = at_end
-        self.likelihood_every_n_examples = likelihood_every_n_examples
-        self.examples_seen = 0
         self.history: list[dict[str, Any]] = []
+        self.examples_seen = 0
         self.nll_baseline: dict[str, dict[str, float]] | None = None
         self.checkpoint_step: int | None = None
         self._evaluator: Evaluator | None = None

@@ -14,8 +14,8 @@ whole config with ``--print_config``.
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (`specialight.training`); the other
 stages are the typed functions of `specialight.commands`, their parameters and docstrings read by
 jsonargparse (a settings dataclass's fields become options beside the function's). Lists are written
-``--suites [a,b]`` (or ``--suites+ a``), booleans ``--score true``; ``--max-new-tokens`` is read as
-``--max_new_tokens``.
+``--suites [a,b]`` (or ``--suites+ a``), booleans ``--score`` or ``--score false``; ``--max-new-tokens``
+is read as ``--max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -66,8 +66,26 @@ def call_stage(stage: Callable[..., int], config: Namespace) -> int:
     settings = settings_parameters(stage)
     kwargs = {name: config[name] for name in inspect.signature(stage).parameters if name not in settings}
     for name, settings_class in settings.items():
-        kwargs[name] = settings_class(**{f.name: config[f.name] for f in dataclasses.fields(settings_class)})
+        fields = [f.name for f in dataclasses.fields(settings_class) if f.init]
+        kwargs[name] = settings_class(**{field: config[field] for field in fields})
     return stage(**kwargs)
+
+
+def old_spellings(argv: list[str]) -> list[str]:
+    """The options of the argparse days read as they were: ``--max-new-tokens`` as ``--max_new_tokens``, and
+    a boolean given bare (``--score``) as ``--score true``."""
+    argv = [DASHED_OPTION.sub(lambda m: "--" + m.group(1).replace("-", "_"), arg) for arg in argv]
+    stage = STAGES.get(argv[0]) if argv else None
+    if stage is None:
+        return argv
+    hints = typing.get_type_hints(stage) | {
+        f.name: f.type for cls in settings_parameters(stage).values() for f in dataclasses.fields(cls)
+    }
+    flags = {f"--{name}" for name, hint in hints.items() if hint in (bool, "bool")}
+    bare = [i for i, arg in enumerate(argv) if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--"))]
+    for i in reversed(bare):
+        argv.insert(i + 1, "true")
+    return argv
 
 
 def build_parser() -> ArgumentParser:
@@ -100,9 +118,7 @@ def cli_main(args: Sequence[str] | None = None) -> int:
 
         run_lightning_cli(argv)
         return 0
-    # the option names of the argparse days (--max-new-tokens) keep working
-    argv = [DASHED_OPTION.sub(lambda m: "--" + m.group(1).replace("-", "_"), arg) for arg in argv]
-    config = build_parser().parse_args(argv)
+    config = build_parser().parse_args(old_spellings(argv))
     try:
         return call_stage(STAGES[config.command], config[config.command])
     except (DataError, FileNotFoundError, FileExistsError, TeacherError) as err:

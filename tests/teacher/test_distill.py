@@ -195,7 +195,6 @@ def test_score_mode_records_gold_rationales_once(tiny_gpt2_dir, data_dir, tmp_pa
         "--teacher",
         f"local:{tiny_gpt2_dir}",
         "--score",
-        "true",
         "--limit",
         "2",
         "--top_k",
