@@ -158,9 +158,7 @@ class PeriodicEvaluation(L.Callback):
         )
         if not fitting:
             pl_module.log_dict(metrics, sync_dist=True)  # the same on every rank: the mean changes nothing
-            logger.info(
-                "evaluation of step %d, written to %s:\n%s", step, folder / EVALUATIONS_FILE, format_table(results)
-            )
+            logger.info("evaluation of step %d in %s:\n%s", step, folder / EVALUATIONS_FILE, format_table(results))
             return record
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({**metrics, "eval/examples_seen": record["examples"]}, step=step)
@@ -172,12 +170,13 @@ class PeriodicEvaluation(L.Callback):
         return record
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # validate does not restore the trainer's step: a record names the checkpoint's own
-        self.checkpoint_step = checkpoint.get("global_step")
+        if trainer.state.fn != TrainerFn.FITTING:  # validate restores no step: the record names the checkpoint's
+            self.checkpoint_step = checkpoint.get("global_step")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
             self.evaluate(trainer, pl_module)
+            self.checkpoint_step = None  # a later validate without a checkpoint is at the trainer's step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = log_dir(trainer)
