@@ -60,8 +60,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
 
-    from specialight.evaluation.evaluator import EvalSettings, Evaluator
+    from specialight.evaluation.evaluator import Evaluator
     from specialight.evaluation.server import ServerCompleter
+    from specialight.evaluation.settings import EvalSettings
     from specialight.models import SMOLLM2_ID, cache_dir, load_student, load_tokenizer, packaged_gguf, resolve_model
 
     configured = os.environ.get("SPECIALIGHT_LLAMA_SERVER")

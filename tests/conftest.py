@@ -143,17 +143,18 @@ def logged_run(tiny_gpt2_dir, data_dir, tmp_path_factory):
 
     from specialight.callbacks import ModelSelection, PeriodicEvaluation
     from specialight.data.datamodule import SpecializationDataModule
+    from specialight.evaluation.settings import EvalSettings
     from specialight.module import SpecializationModule
 
     root = tmp_path_factory.mktemp("run")
-    evaluation = PeriodicEvaluation(
+    settings = EvalSettings(
         suites=["gsm8k_dev", "mas_dev", "bbh_cot", "nll_bbh_ao"],
-        every_n_examples=8,
         limit=1,
         bbh_tasks=["navigate"],
         max_new_tokens=4,
         data_dir=str(data_dir),
     )
+    evaluation = PeriodicEvaluation(settings, every_n_examples=8)
     selection = ModelSelection(monitor="eval/mas_dev", compare=["eval/gsm8k_dev"])
     trainer = L.Trainer(
         max_steps=6,

@@ -71,7 +71,7 @@ def test_selection_skips_the_untrained_model_and_breaks_ties_early():
 
 
 def test_selection_table_shows_intervals_and_reads_records_without_them():
-    from specialight.callbacks import selection_table
+    from specialight.evaluation.tables import selection_table
 
     old = _record(0, 10.0)
     new = {**_record(2, 12.5), "n": {"mas_dev": 24}, "ci95": {"mas_dev": [4.3, 31.0]}}

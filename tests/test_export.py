@@ -30,12 +30,12 @@ def t5_run(tiny_t5_dir, data_dir, tmp_path_factory) -> Path:
             "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={root}",
             "--trainer.callbacks+=specialight.callbacks.PeriodicEvaluation",
-            "--trainer.callbacks.suites=[gsm8k_dev,mas_dev]",
+            "--trainer.callbacks.settings.suites=[gsm8k_dev,mas_dev]",
             "--trainer.callbacks.every_n_examples=4",
-            "--trainer.callbacks.limit=1",
-            "--trainer.callbacks.max_new_tokens=4",
+            "--trainer.callbacks.settings.limit=1",
+            "--trainer.callbacks.settings.max_new_tokens=4",
             "--trainer.callbacks.before_training=false",  # so best.ckpt holds tuned weights (step >= 2)
-            f"--trainer.callbacks.data_dir={data_dir}",
+            f"--trainer.callbacks.settings.data_dir={data_dir}",
             "--trainer.callbacks+=specialight.callbacks.ModelSelection",
         ]
     )
@@ -81,14 +81,14 @@ def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_d
                 "--model",
                 str(out),
                 "--suites",
-                "svamp_dev",
+                "[svamp_dev]",
                 "--limit",
                 "2",
-                "--max-new-tokens",
+                "--max_new_tokens",
                 "4",
                 "--out",
                 str(tmp_path / "eval"),
-                "--data-dir",
+                "--data_dir",
                 str(data_dir),
             ]
         )

@@ -40,9 +40,9 @@ def test_overlays_merge_and_the_exit_status_says_whether_it_fits(tiny_t5_dir, tm
     overlay.write_text(yaml.safe_dump({"data": {"batch_size": 64}}))
     merged = load_config([base, overlay])
     assert merged["data"] == {"batch_size": 64, "max_source_length": 128, "max_target_length": 64}
-    assert cli_main(["plan", "--config", str(base), "--config", str(overlay), "--device-memory", "80"]) == 0
+    assert cli_main(["plan", "--configs", f"[{base}, {overlay}]", "--device_memory", "80"]) == 0
     assert "fits" in capsys.readouterr().out
-    assert cli_main(["plan", "--config", str(base), "--device-memory", "0.0001"]) == 1
+    assert cli_main(["plan", "--configs", str(base), "--device_memory", "0.0001"]) == 1
     assert "does NOT fit" in capsys.readouterr().out
 
 

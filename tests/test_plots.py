@@ -35,7 +35,7 @@ def test_runs_of_two_sizes_add_the_scaling_plot(logged_run, tmp_path):
     # the same run presented as a second model size (a hand-made record: only num_parameters differs)
     lines = [json.loads(line) for line in (large / "evaluations.jsonl").read_text().splitlines()]
     (large / "evaluations.jsonl").write_text("".join(json.dumps(r | {"num_parameters": 10**9}) + "\n" for r in lines))
-    assert cli_main(["plot", "--logdir", str(small), "--logdir", str(large), "--out", str(tmp_path / "c.png")]) == 0
+    assert cli_main(["plot", "--logdir", str(small), "--logdir+", str(large), "--out", str(tmp_path / "c.png")]) == 0
     assert is_png(tmp_path / "c.png") and is_png(tmp_path / "c_scaling.png")
 
 

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from specialight.callbacks import EVALUATIONS_FILE, ModelSelection, PeriodicEvaluation
+from specialight.evaluation.settings import EvalSettings
 from specialight.training import find_resumable, run_lightning_cli
 from tests.conftest import ROOT
 from tests.helpers import read_steps
@@ -47,11 +48,11 @@ def fit_args(model_dir, data_dir, root, steps_out, *extra: str) -> list[str]:
         "--trainer.callbacks+=tests.helpers.RecordSteps",
         f"--trainer.callbacks.out={steps_out}",
         "--trainer.callbacks+=specialight.callbacks.PeriodicEvaluation",
-        "--trainer.callbacks.suites=[svamp_dev]",
+        "--trainer.callbacks.settings.suites=[svamp_dev]",
         "--trainer.callbacks.every_n_examples=6",
-        "--trainer.callbacks.limit=1",
-        "--trainer.callbacks.max_new_tokens=2",
-        f"--trainer.callbacks.data_dir={data_dir}",
+        "--trainer.callbacks.settings.limit=1",
+        "--trainer.callbacks.settings.max_new_tokens=2",
+        f"--trainer.callbacks.settings.data_dir={data_dir}",
         "--trainer.callbacks+=specialight.callbacks.ModelSelection",
         "--trainer.callbacks.monitor=eval/svamp_dev",
         "--trainer.callbacks.compare=[]",
@@ -165,9 +166,8 @@ def test_run_files_go_to_the_run_folder_whatever_the_logger(
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     logger = make_logger(tmp_path)
-    evaluation = PeriodicEvaluation(
-        suites=["svamp_dev"], every_n_examples=4, limit=1, max_new_tokens=2, data_dir=str(data_dir)
-    )
+    settings = EvalSettings(suites=["svamp_dev"], limit=1, max_new_tokens=2, data_dir=str(data_dir))
+    evaluation = PeriodicEvaluation(settings, every_n_examples=4)
     trainer = L.Trainer(
         max_steps=2,
         accelerator="cpu",

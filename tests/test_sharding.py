@@ -18,11 +18,11 @@ from tests.test_training import MONITORS, cli
 ACCUMULATE = 2
 EVALUATE = [
     "--trainer.callbacks+=specialight.callbacks.PeriodicEvaluation",
-    "--trainer.callbacks.suites=[svamp_dev, nll_gsm8k_dev_zero_shot]",
+    "--trainer.callbacks.settings.suites=[svamp_dev, nll_gsm8k_dev_zero_shot]",
     "--trainer.callbacks.every_n_examples=1000",
     "--trainer.callbacks.at_end=false",
-    "--trainer.callbacks.limit=3",
-    "--trainer.callbacks.max_new_tokens=6",
+    "--trainer.callbacks.settings.limit=3",
+    "--trainer.callbacks.settings.max_new_tokens=6",
 ]
 # float32 sums in another order (reduce-scatter vs accumulation), amplified by Adam's normalization
 TOLERANCE = 1e-3

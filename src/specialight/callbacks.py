@@ -1,22 +1,21 @@
 """Callbacks that measure the specialization while it happens, and pick the checkpoint to keep.
 
-`PeriodicEvaluation` runs evaluation suites before training and every N training examples, logs
-``eval/<suite>`` to the trainer's logger, appends each evaluation to ``<log_dir>/evaluations.jsonl`` (what
-`specialight plot` and the notebook read) and keeps the completions under
-``<log_dir>/evaluations/step-<N>/``. A record holds ``scores`` (suite -> accuracy %) and, beside them, ``n``
-(examples), ``ci95`` (95% interval, percent) and ``shortened`` (prompts cut to fit the context) per suite;
-likelihood suites (``nll_*``) add ``nll`` (mean per-token NLL, n, interval) and, from the second evaluation
-on, ``nll_change``: the paired-bootstrap change since the first evaluation on the same examples. They are
-cheap (forward passes only) and may run at their own, higher cadence (``likelihood_every_n_examples``).
-Every rank evaluates its share of the examples and all ranks get the same results (counts summed with
-torchmetrics), so every rank takes the same selection decisions; a sharded model is whole on every rank
-while it generates (`specialight.sharding.full_parameters`).
+`PeriodicEvaluation` runs evaluation suites (`EvalSettings`, as ``specialight evaluate`` takes them) before
+training and every N training examples, logs ``eval/<suite>``, appends each evaluation to
+``<log_dir>/evaluations.jsonl`` (what `specialight plot` and the notebook read) and keeps the completions
+under ``<log_dir>/evaluations/step-<N>/``; under ``specialight validate`` it evaluates once, the checkpoint's
+step. A record holds ``scores`` (suite -> accuracy %) and, per suite, ``n`` (examples), ``ci95`` (95%
+interval, percent) and ``shortened`` (prompts cut to fit the context); likelihood suites (``nll_*``) add
+``nll`` (mean per-token NLL, n, interval) and, from the second evaluation on, ``nll_change``: the
+paired-bootstrap change since the first evaluation on the same examples. They are cheap (forward passes
+only) and may run at their own, higher cadence (``likelihood_every_n_examples``). Every rank evaluates its
+share and all ranks get the same results (counts summed with torchmetrics), so every rank takes the same
+selection decisions; a sharded model is whole on every rank while it generates.
 
 `ModelSelection` watches one metric (``eval/mas_dev``: held-out out-of-distribution math, the paper's
 choice; ``eval/gsm8k_dev`` possible) among the training checkpoints (the step-0 evaluation of the
 untrained model only with ``include_initial``), saves the best checkpoint (the earlier one on ties) and,
-when training ends, writes ``selection.json`` and ``selection.md``: the paper's Table 3, the step each
-criterion picks and every evaluated score at that step with its n and interval.
+when training ends, writes ``selection.json`` and ``selection.md`` (`specialight.evaluation.tables`).
 """
 
 from __future__ import annotations
@@ -30,8 +29,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
-from specialight.evaluation.evaluator import EvalSettings, Evaluator
+from specialight.evaluation.evaluator import Evaluator
+from specialight.evaluation.settings import EvalSettings
+from specialight.evaluation.tables import format_table, selection_table
 
 logger = logging.getLogger(__name__)
 EVALUATIONS_FILE = "evaluations.jsonl"
@@ -58,19 +60,12 @@ def log_dir(trainer: L.Trainer) -> Path:
 
 
 class PeriodicEvaluation(L.Callback):
-    """Evaluate suites at step 0 and every ``every_n_examples`` training examples (and at the end).
+    """Evaluate suites at step 0 and every ``every_n_examples`` training examples (and at the end); under
+    ``specialight validate``, once on the loaded checkpoint.
 
     Args:
-        suites: suite names, e.g. ``[gsm8k_dev, mas_dev, bbh_ao, bbh_cot]``.
+        settings: which suites and how (`EvalSettings`, the options of ``specialight evaluate``).
         every_n_examples: cadence in examples seen, summed over ranks (the paper: 10,000).
-        limit: cap on each math suite and each BBH task.
-        limits: per-suite caps (``{bbh_cot: 5}``) overriding ``limit``.
-        bbh_tasks: a subset of the 27 BBH tasks.
-        prompt_file: in-context math prompt (default: the paper's 4-shot file).
-        max_new_tokens: generation budget (the paper: 256).
-        answer_only_max_new_tokens: budget for ``bbh_ao``.
-        batch_size: prompts per generate call.
-        data_dir: benchmark folder.
         before_training: evaluate once before the first step.
         at_end: evaluate after the last step unless that step was just evaluated.
         likelihood_every_n_examples: cadence of the likelihood suites alone (None: with the others).
@@ -78,38 +73,21 @@ class PeriodicEvaluation(L.Callback):
 
     def __init__(
         self,
-        suites: list[str],
+        settings: EvalSettings,
         every_n_examples: int = 10_000,
-        limit: int | None = None,
-        limits: dict[str, int] | None = None,
-        bbh_tasks: list[str] | None = None,
-        prompt_file: str | None = None,
-        max_new_tokens: int = 256,
-        answer_only_max_new_tokens: int = 32,
-        batch_size: int = 16,
-        data_dir: str | None = None,
         before_training: bool = True,
         at_end: bool = True,
         likelihood_every_n_examples: int | None = None,
     ) -> None:
-        self.settings = EvalSettings(
-            suites=list(suites),
-            limit=limit,
-            limits=limits,
-            prompt_file=prompt_file,
-            bbh_tasks=bbh_tasks,
-            max_new_tokens=max_new_tokens,
-            answer_only_max_new_tokens=answer_only_max_new_tokens,
-            batch_size=batch_size,
-            data_dir=data_dir,
-        )
+        self.settings = settings
         self.every_n_examples = every_n_examples
+        self.likelihood_every_n_examples = likelihood_every_n_examples
         self.before_training = before_training
         self.at_end = at_end
-        self.likelihood_every_n_examples = likelihood_every_n_examples
-        self.examples_seen = 0
         self.history: list[dict[str, Any]] = []
+        self.examples_seen = 0
         self.nll_baseline: dict[str, dict[str, float]] | None = None
+        self.checkpoint_step: int | None = None
         self._evaluator: Evaluator | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -132,11 +110,14 @@ class PeriodicEvaluation(L.Callback):
     def evaluate(
         self, trainer: L.Trainer, pl_module: L.LightningModule, kinds: tuple[str, ...] = ("generation", "likelihood")
     ) -> dict[str, Any]:
-        """Run the suites now on every rank's share, log them and tell `ModelSelection`."""
+        """Run the suites now on every rank's share and append the record to ``evaluations.jsonl``. When
+        fitting, log it and tell `ModelSelection`; otherwise (``validate``) log it through ``pl_module.log``,
+        into Lightning's results, at the checkpoint's step, with the table of counts and intervals."""
         from specialight.evaluation.likelihood import paired_difference
         from specialight.sharding import full_parameters
 
-        step = trainer.global_step
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        step = trainer.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
         folder = log_dir(trainer)
         started = time.perf_counter()
         with full_parameters(pl_module.model):
@@ -169,20 +150,33 @@ class PeriodicEvaluation(L.Callback):
         self.history.append(record)
         metrics = {f"eval/{name}": value for name, value in record["scores"].items()}
         metrics |= {f"eval/{name}": stats["mean"] for name, stats in record.get("nll", {}).items()}
-        if trainer.logger is not None and trainer.is_global_zero:
-            trainer.logger.log_metrics({**metrics, "eval/examples_seen": record["examples"]}, step=step)
-        trainer.callback_metrics.update({k: _tensor(v) for k, v in metrics.items()})
         logger.info(
             "step %d (%d examples): %s",
             step,
             record["examples"],
             ", ".join(f"{k.removeprefix('eval/')} {v:.3g}" for k, v in metrics.items() if "/" not in k[5:]),
         )
+        if not fitting:
+            pl_module.log_dict(metrics, sync_dist=True)  # the same on every rank: the mean changes nothing
+            logger.info("evaluation of step %d in %s:\n%s", step, folder / EVALUATIONS_FILE, format_table(results))
+            return record
+        if trainer.logger is not None and trainer.is_global_zero:
+            trainer.logger.log_metrics({**metrics, "eval/examples_seen": record["examples"]}, step=step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
         if "generation" in kinds and record["scores"]:
             for callback in trainer.callbacks:
                 if isinstance(callback, ModelSelection):
                     callback.on_evaluation(trainer, pl_module, record)
         return record
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # validate restores no step: the record names the checkpoint's
+            self.checkpoint_step = checkpoint.get("global_step")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self.evaluate(trainer, pl_module)
+            self.checkpoint_step = None  # a later validate without a checkpoint is at the trainer's step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = log_dir(trainer)
@@ -214,10 +208,6 @@ class PeriodicEvaluation(L.Callback):
             self.evaluate(trainer, pl_module)
         elif not last["scores"] and self._evaluator_for(pl_module).items():  # the likelihood ran at this step
             self.evaluate(trainer, pl_module, kinds=("generation",))
-
-
-def _tensor(value: float) -> torch.Tensor:
-    return torch.tensor(value)
 
 
 class ModelSelection(L.Callback):
@@ -268,9 +258,7 @@ class ModelSelection(L.Callback):
         self.records.append(record)
         name = self.monitor.removeprefix("eval/")
         if name not in record["scores"]:
-            raise ValueError(
-                f"ModelSelection monitors {self.monitor} but the evaluation has {sorted(record['scores'])}"
-            )
+            raise ValueError(f"ModelSelection monitors {self.monitor}; the evaluation has {sorted(record['scores'])}")
         value = record["scores"][name]
         if not self._candidate(record):
             return
@@ -282,12 +270,9 @@ class ModelSelection(L.Callback):
     def choose(self, metric: str) -> dict[str, Any] | None:
         """The evaluation record that ``metric`` selects among the candidates (first best on ties)."""
         name = metric.removeprefix("eval/")
-        scored = [r for r in self.records if name in r["scores"] and self._candidate(r)]
-        if not scored:
-            return None
-        best = scored[0]
-        for record in scored[1:]:
-            if self._better(record["scores"][name], best["scores"][name]):
+        best = None
+        for record in (r for r in self.records if name in r["scores"] and self._candidate(r)):
+            if best is None or self._better(record["scores"][name], best["scores"][name]):
                 best = record
         return best
 
@@ -310,37 +295,5 @@ class ModelSelection(L.Callback):
         (folder / "selection.json").write_text(json.dumps(summary, indent=2))
         (folder / "selection.md").write_text(selection_table(summary))
         logger.info(
-            "selected step %s by %s; table: %s", self.best and self.best["step"], self.monitor, folder / "selection.md"
+            "selected step %s by %s: %s", self.best and self.best["step"], self.monitor, folder / "selection.md"
         )
-
-
-def score_cell(record: dict[str, Any], metric: str) -> str:
-    """``"12.5 [4.1-31.0] n=24"``: a record's score with its 95% interval and count (older records
-    without them: the score alone)."""
-    if metric not in record["scores"]:
-        return "-"
-    text = f"{record['scores'][metric]:.1f}"
-    interval = record.get("ci95", {}).get(metric)
-    count = record.get("n", {}).get(metric)
-    if interval is not None:
-        text += f" [{interval[0]:.1f}-{interval[1]:.1f}]"
-    return text + (f" n={count}" if count is not None else "")
-
-
-def selection_table(summary: dict[str, Any]) -> str:
-    """The paper's Table 3 as markdown: per selection criterion, the chosen step and its scores (95%
-    interval, n); the first and last evaluations for reference."""
-    rows = [("before training", summary["first"])]
-    rows += [
-        (f"selected by {metric.removeprefix('eval/')}", record) for metric, record in summary["selections"].items()
-    ]
-    rows.append(("end of training", summary["last"]))
-    metrics = [m for m in summary["last"]["scores"] if "/" not in m]
-    header = "| checkpoint | step | examples | " + " | ".join(metrics) + " |"
-    lines = [header, "|" + "---|" * (3 + len(metrics))]
-    for label, record in rows:
-        scores = " | ".join(score_cell(record, m) for m in metrics)
-        lines.append(f"| {label} | {record['step']} | {record['examples']} | {scores} |")
-    note = "Cells: accuracy % [95% interval] n=examples. Selection is among training checkpoints"
-    note += " and the step-0 evaluation." if summary.get("include_initial") else " (step 0 excluded)."
-    return "\n".join(lines) + "\n\n" + note + "\n"

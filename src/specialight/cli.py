@@ -1,44 +1,102 @@
-"""The one entry point: ``specialight fit|validate|test|predict`` (LightningCLI) and the data-stage commands.
+"""The one entry point ``specialight <stage>``: every stage is typed, takes ``--config FILE`` and prints its
+whole config with ``--print_config``.
 
-    specialight data     --data-dir DIR                           every task and split with its count
-    specialight align    --samples JSONL --student-tokenizer T --out DIR
-    specialight evaluate --model PATH --suites gsm8k_dev,bbh_cot --out DIR
-    specialight plot     --logdir RUN [--logdir RUN2 …] --out FILE.png
-    specialight distill  --teacher openai:MODEL --base-url URL --out DIR
+    specialight data     --data_dir DIR                            every task and split with its count
+    specialight distill  --teacher openai:MODEL --base_url URL --out DIR
+    specialight align    --samples JSONL --student_tokenizer T --out DIR
     specialight fit      --config configs/demo.yaml [--ckpt_path last]
+    specialight validate --config configs/demo.yaml --ckpt_path RUN/best.ckpt
+    specialight evaluate --model PATH --suites [gsm8k_dev,bbh_cot] --out DIR
+    specialight plot     --logdir [RUN,RUN2] --out FILE.png
+    specialight plan     --configs [configs/paper/recipe.yaml,configs/paper/flan_t5_xl.yaml]
     specialight export   --ckpt RUN/best.ckpt --out DIR
 
-The data-stage commands use argparse (dash-separated options, repeatable flags); training goes through
-LightningCLI so every run is a config (`--print_config`).
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (`specialight.training`); the other
+stages are the typed functions of `specialight.commands`, their parameters and docstrings read by
+jsonargparse (a settings dataclass's fields become options beside the function's). Lists are written
+``--suites [a,b]`` (or ``--suites+ a``), booleans ``--score`` or ``--score false``; ``--max-new-tokens``
+is read as ``--max_new_tokens``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import logging
+import re
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 
-from specialight.commands import COMMANDS
-from specialight.data.tasks import DataError
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
+
+from specialight.commands import STAGES
+from specialight.data.jsonl import DataError
 from specialight.teacher.backends import TeacherError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DASHED_OPTION = re.compile(r"^--([a-z][a-z0-9_]*-[a-z0-9_-]*)(?==|$)")
 logger = logging.getLogger("specialight")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of the data-stage commands."""
-    parser = argparse.ArgumentParser(
-        prog="specialight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_arguments, run) in COMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(child)
-        child.set_defaults(run=run)
+class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, the description's lines kept as written."""
+
+
+def settings_parameters(stage: Callable[..., int]) -> dict[str, type]:
+    """The parameters of ``stage`` typed with a dataclass, whose fields are options of their own."""
+    return {name: hint for name, hint in typing.get_type_hints(stage).items() if dataclasses.is_dataclass(hint)}
+
+
+def stage_parser(stage: Callable[..., int]) -> ArgumentParser:
+    """The parser of one stage: its function's parameters, and its settings dataclasses' fields beside them."""
+    summary = inspect.getdoc(stage).split("\n\n", 1)[0]
+    parser = ArgumentParser(prog=f"specialight {stage.__name__}", description=summary)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+    settings = settings_parameters(stage)
+    parser.add_function_arguments(stage, skip=set(settings))
+    for settings_class in settings.values():
+        parser.add_class_arguments(settings_class)
+    return parser
+
+
+def call_stage(stage: Callable[..., int], config: Namespace) -> int:
+    """Run ``stage`` on a parsed config, its settings dataclasses built from their fields."""
+    settings = settings_parameters(stage)
+    kwargs = {name: config[name] for name in inspect.signature(stage).parameters if name not in settings}
+    for name, settings_class in settings.items():
+        fields = [f.name for f in dataclasses.fields(settings_class) if f.init]
+        kwargs[name] = settings_class(**{field: config[field] for field in fields})
+    return stage(**kwargs)
+
+
+def old_spellings(argv: list[str]) -> list[str]:
+    """The options of the argparse days read as they were: ``--max-new-tokens`` as ``--max_new_tokens``, and
+    a boolean given bare (``--score``) as ``--score true``."""
+    argv = [DASHED_OPTION.sub(lambda m: "--" + m.group(1).replace("-", "_"), arg) for arg in argv]
+    stage = STAGES.get(argv[0]) if argv else None
+    if stage is None:
+        return argv
+    hints = typing.get_type_hints(stage) | {
+        f.name: f.type for cls in settings_parameters(stage).values() for f in dataclasses.fields(cls)
+    }
+    flags = {f"--{name}" for name, hint in hints.items() if hint in (bool, "bool")}
+    bare = [i for i, arg in enumerate(argv) if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--"))]
+    for i in reversed(bare):
+        argv.insert(i + 1, "true")
+    return argv
+
+
+def build_parser() -> ArgumentParser:
+    """The ``specialight`` parser: each stage a subcommand (LightningCLI's listed, parsed by LightningCLI)."""
+    parser = ArgumentParser(prog="specialight", description=__doc__, formatter_class=HelpFormatter)
+    subcommands = parser.add_subcommands(dest="command")
+    for name, stage in STAGES.items():
+        subcommands.add_subcommand(name, stage_parser(stage), help=inspect.getdoc(stage).split("\n", 1)[0])
     for name in LIGHTNING_COMMANDS:
-        sub.add_parser(name, help=f"LightningCLI {name} (see `specialight {name} --help`)", add_help=False)
+        help_text = f"LightningCLI {name} (see `specialight {name} --help`)"
+        subcommands.add_subcommand(name, ArgumentParser(prog=f"specialight {name}"), help=help_text)
     return parser
 
 
@@ -60,11 +118,11 @@ def cli_main(args: Sequence[str] | None = None) -> int:
 
         run_lightning_cli(argv)
         return 0
-    parsed = build_parser().parse_args(argv)
+    config = build_parser().parse_args(old_spellings(argv))
     try:
-        return parsed.run(parsed)
+        return call_stage(STAGES[config.command], config[config.command])
     except (DataError, FileNotFoundError, FileExistsError, TeacherError) as err:
-        sys.stderr.write(f"specialight {parsed.command}: error: {err}\n")
+        sys.stderr.write(f"specialight {config.command}: error: {err}\n")
         return 2
 
 

@@ -3,6 +3,12 @@
 The data module's student is linked to the module's (``model.model_name_or_path``), the trainer logs to
 TensorBoard under ``runs/`` by default, and the parsed config travels inside every checkpoint.
 
+``validate --config C --ckpt_path P`` reports the teacher-forced loss on GSM8K dev and, through the config's
+`PeriodicEvaluation`, runs its suites once on the checkpoint: ``eval/<suite>`` in Lightning's results, a
+record in the run folder's ``evaluations.jsonl`` (counts and 95% intervals, the checkpoint's step) and the
+completions under ``evaluations/step-<N>/``. A config's ``trainer.limit_val_batches: 0`` (the loss kept out
+of ``fit``) is read as every batch here.
+
 Resuming after a crash: unless a config turns checkpointing off (``trainer.enable_checkpointing: false``)
 or brings its own ``ModelCheckpoint``, ``fit`` keeps ``<run>/checkpoints/last.ckpt``, written every
 ``checkpoint_every_n_steps`` optimizer steps, when training raises and when it ends. ``fit --ckpt_path
@@ -117,6 +123,10 @@ class SpecializationCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit" and self.config["fit"].get("ckpt_path"):
             self._continue_in(run_folder(Path(self.config["fit"]["ckpt_path"])))
+        if self.subcommand == "validate" and self.config["validate"]["trainer"].get("limit_val_batches") == 0:
+            # the configs' 0 keeps the loss out of fit; validate asked for it (and for PeriodicEvaluation's suites)
+            logger.info("validate: trainer.limit_val_batches 0 is fit's setting; validating on every batch")
+            self.config["validate"]["trainer"]["limit_val_batches"] = None
         self._run_config = (
             self.parser.dump(self.config, skip_none=False)
             if self.subcommand is None

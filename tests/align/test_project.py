@@ -100,7 +100,7 @@ def test_align_command_writes_arrow_targets(teacher_samples, tmp_path, capsys):
 
     out = tmp_path / "aligned"
     status = cli_main(
-        ["align", "--samples", str(teacher_samples), "--student-tokenizer", str(TOKENIZERS / "t5"), "--out", str(out)]
+        ["align", "--samples", str(teacher_samples), "--student_tokenizer", str(TOKENIZERS / "t5"), "--out", str(out)]
     )
     assert status == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -96,14 +96,14 @@ def test_missing_folder_says_where_and_how(tmp_path, monkeypatch):
 
 
 def test_data_command_prints_the_table(data_dir, capsys):
-    assert cli_main(["data", "--data-dir", str(data_dir)]) == 0
+    assert cli_main(["data", "--data_dir", str(data_dir)]) == 0
     out = capsys.readouterr().out
     assert "gsm8k" in out and "7,273" in out and "1,319" in out
     assert "6,511  (27 tasks)" in out
 
 
 def test_data_command_fails_clearly_when_something_is_missing(tmp_path, capsys):
-    assert cli_main(["data", "--data-dir", str(tmp_path)]) == 2
+    assert cli_main(["data", "--data_dir", str(tmp_path)]) == 2
     assert "missing data file" in capsys.readouterr().err
 
 

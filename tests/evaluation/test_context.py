@@ -6,8 +6,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specialight.evaluation.context import context_length, fit_prompt
-from specialight.evaluation.evaluator import EvalSettings, Evaluator
+from specialight.evaluation.evaluator import Evaluator
 from specialight.evaluation.generation import generate
+from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.suites import EvalItem, build_items
 
 BUDGET = 256

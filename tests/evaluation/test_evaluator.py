@@ -5,8 +5,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from specialight.cli import cli_main
 from specialight.data.tasks import DataError
-from specialight.evaluation.evaluator import EvalSettings, Evaluator, score
+from specialight.evaluation.evaluator import Evaluator
 from specialight.evaluation.generation import generate
+from specialight.evaluation.results import score
+from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.suites import build_items, expand
 
 
@@ -135,16 +137,16 @@ def test_evaluate_command(tiny_t5_dir, data_dir, tmp_path, capsys):
             "--model",
             str(tiny_t5_dir),
             "--suites",
-            "svamp_dev,bbh_cot",
+            "[svamp_dev,bbh_cot]",
             "--limit",
             "1",
-            "--bbh-tasks",
-            "web_of_lies",
-            "--max-new-tokens",
+            "--bbh_tasks",
+            "[web_of_lies]",
+            "--max_new_tokens",
             "4",
             "--out",
             str(tmp_path),
-            "--data-dir",
+            "--data_dir",
             str(data_dir),
         ]
     )
@@ -152,7 +154,7 @@ def test_evaluate_command(tiny_t5_dir, data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "svamp_dev" in out and "bbh_cot/web_of_lies" in out
     assert (tmp_path / "svamp_dev.jsonl").is_file() and (tmp_path / "bbh_cot.jsonl").is_file()
-    assert cli_main(["evaluate", "--model", str(tiny_t5_dir), "--suites", "nope", "--out", str(tmp_path)]) == 2
+    assert cli_main(["evaluate", "--model", str(tiny_t5_dir), "--suites", "[nope]", "--out", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
 
 
@@ -176,7 +178,7 @@ def test_no_dev_suite_shares_an_example_with_its_test_suite(data_dir):
 
 @pytest.mark.parametrize("model", ["/nonexistent", "./no/such/model", "missing.ckpt"])
 def test_evaluate_names_a_missing_model_in_one_line(model, tmp_path, capsys):
-    status = cli_main(["evaluate", "--model", model, "--suites", "gsm8k_dev", "--out", str(tmp_path)])
+    status = cli_main(["evaluate", "--model", model, "--suites", "[gsm8k_dev]", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1 and model in err
     assert "Traceback" not in err

@@ -13,9 +13,10 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specialight.cli import cli_main
-from specialight.evaluation.evaluator import EvalSettings, Evaluator
+from specialight.evaluation.evaluator import Evaluator
 from specialight.evaluation.generation import generate
 from specialight.evaluation.server import ServerCompleter
+from specialight.evaluation.settings import EvalSettings
 from specialight.models import SMOLLM2_ID, packaged_gguf
 from specialight.teacher.backends import TeacherError
 from tests.teacher.test_llama_server import Server, free_port, server_binary
@@ -141,17 +142,17 @@ def test_evaluate_command_against_llama_server_is_resumable(llama_server, data_d
     out = tmp_path / "run"
     command = [
         "evaluate",
-        "--base-url",
+        "--base_url",
         llama_server.base_url,
-        "--served-model",
+        "--served_model",
         "smollm2",
         "--suites",
-        "multiarith_dev",
+        "[multiarith_dev]",
         "--limit",
         "3",
-        "--max-new-tokens",
+        "--max_new_tokens",
         "48",
-        "--data-dir",
+        "--data_dir",
         str(data_dir),
         "--out",
         str(out),

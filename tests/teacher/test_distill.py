@@ -125,17 +125,17 @@ def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(tiny_gpt2_dir,
     common = [
         "--teacher",
         f"local:{tiny_gpt2_dir}",
-        "--data-dir",
+        "--data_dir",
         str(data_dir),
         "--limit",
         "4",
         "--prompt",
         str(prompt),
-        "--num-samples",
+        "--num_samples",
         "4",
-        "--max-tokens",
+        "--max_tokens",
         "24",
-        "--top-k",
+        "--top_k",
         "3",
         "--seed",
         "7",
@@ -161,10 +161,10 @@ def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(tiny_gpt2_dir,
 def test_distill_command_refuses_bad_teachers(data_dir, tmp_path, capsys):
     from specialight.cli import cli_main
 
-    assert cli_main(["distill", "--teacher", "gpt:x", "--out", str(tmp_path), "--data-dir", str(data_dir)]) == 2
+    assert cli_main(["distill", "--teacher", "gpt:x", "--out", str(tmp_path), "--data_dir", str(data_dir)]) == 2
     assert "openai:MODEL or local:PATH_OR_ID" in capsys.readouterr().err
-    assert cli_main(["distill", "--teacher", "openai:x", "--out", str(tmp_path), "--data-dir", str(data_dir)]) == 2
-    assert "needs --base-url" in capsys.readouterr().err
+    assert cli_main(["distill", "--teacher", "openai:x", "--out", str(tmp_path), "--data_dir", str(data_dir)]) == 2
+    assert "needs --base_url" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -197,13 +197,13 @@ def test_score_mode_records_gold_rationales_once(tiny_gpt2_dir, data_dir, tmp_pa
         "--score",
         "--limit",
         "2",
-        "--top-k",
+        "--top_k",
         "3",
         "--prompt",
         str(prompt),
         "--out",
         str(tmp_path / "scored"),
-        "--data-dir",
+        "--data_dir",
         str(data_dir),
     ]
     assert cli_main(args) == 0

@@ -1,4 +1,5 @@
-"""`Evaluator`: generate for every suite in one length-sorted pass, score, and write what it saw.
+"""`Evaluator`: generate for every suite in one length-sorted pass, score (`specialight.evaluation.results`),
+and write what it saw.
 
 Every run writes ``<out>/<suite>.jsonl`` (one line per example: id, prompt id, completion, extracted
 answer, gold, correct, whether the prompt was shortened) and ``<out>/summary.json`` (``scores``, ``n``,
@@ -18,150 +19,23 @@ results and rank zero writes the files (`specialight.evaluation.distributed`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from specialight.data.answers import extract_answer, is_correct
 from specialight.data.formats import newline_separator
 from specialight.evaluation.context import FittedPrompt, context_length, fit_prompt
 from specialight.evaluation.distributed import gather, rank_and_world, sum_counts
 from specialight.evaluation.generation import cut_left, generate
-from specialight.evaluation.intervals import accuracy_interval, mean_interval
-from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ScoredText, build_texts, summarize, token_nlls
+from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ScoredText, build_texts, token_nlls
+from specialight.evaluation.results import Results, count, results_from_counts, score_records, write_results
+from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.suites import COMPOSITES, EvalItem, build_items, expand
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalSettings:
-    """How suites are run.
-
-    Args:
-        suites: suite names (`specialight.evaluation.suites`).
-        limit: cap on each math suite and each BBH task (None: all).
-        limits: per-suite caps overriding ``limit`` (``{"bbh_cot": 5}``).
-        prompt_file: in-context math prompt (default: the paper's ``prompt_simple_4_cases.txt``).
-        bbh_tasks: a subset of the 27 BBH tasks (None: all).
-        max_new_tokens: generation budget (the paper: 256).
-        answer_only_max_new_tokens: budget for ``bbh_ao`` (answers are a few tokens).
-        batch_size: prompts per generate call.
-        data_dir: benchmark folder.
-    """
-
-    suites: list[str]
-    limit: int | None = None
-    limits: dict[str, int] | None = None
-    prompt_file: str | None = None
-    bbh_tasks: list[str] | None = None
-    max_new_tokens: int = 256
-    answer_only_max_new_tokens: int = 32
-    batch_size: int = 16
-    data_dir: str | None = None
-
-
-@dataclass
-class Results:
-    """Per suite: accuracy (%), examples, 95% interval (%, low and high) and prompts shortened to fit; per
-    likelihood suite ``nll``: ``{mean, n, low, high}`` and ``nll_values``: example id -> mean per-token NLL."""
-
-    scores: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
-    shortened: dict[str, int] = field(default_factory=dict)
-    nll: dict[str, dict[str, float]] = field(default_factory=dict)
-    nll_values: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def add_counts(self, suite: str, correct: int, total: int, shortened: int) -> None:
-        """Add a leaf suite from its counts."""
-        self.scores[suite] = 100.0 * correct / total
-        self.counts[suite] = total
-        self.intervals[suite] = accuracy_interval(correct, total)
-        self.shortened[suite] = shortened
-
-    def add_likelihood(self, suite: str, values: dict[str, float]) -> None:
-        """Add a likelihood suite from its per-example NLLs."""
-        self.nll_values[suite] = values
-        self.nll[suite] = summarize(list(values.values()))
-
-    def add_mean(self, name: str, parts: list[str]) -> None:
-        """Add suite ``name`` as the unweighted mean of ``parts`` (interval of a mean of proportions)."""
-        self.scores[name] = sum(self.scores[p] for p in parts) / len(parts)
-        self.counts[name] = sum(self.counts[p] for p in parts)
-        self.intervals[name] = mean_interval([(self.scores[p], self.counts[p]) for p in parts])
-        self.shortened[name] = sum(self.shortened[p] for p in parts)
-
-    def summary(self) -> dict[str, dict]:
-        """What ``summary.json`` holds and an evaluation record carries beside its ``scores``."""
-        summary: dict[str, dict] = {
-            "scores": self.scores,
-            "n": self.counts,
-            "ci95": {k: [round(v, 2) for v in pair] for k, pair in self.intervals.items()},
-            "shortened": self.shortened,
-        }
-        if self.nll:
-            summary["nll"] = {k: {f: round(v, 5) for f, v in stats.items()} for k, stats in self.nll.items()}
-        return summary
-
-
-def score_records(items: list[EvalItem], completions: list[str], shortened: list[bool] | None = None) -> list[dict]:
-    """One record per example: id, prompt id, completion, extracted answer, gold, correct, shortened."""
-    flags_shortened = shortened or [False] * len(items)
-    records = []
-    for item, completion, cut in zip(items, completions, flags_shortened, strict=True):
-        # a student without newlines (T5) writes the prompts' stand-in: grade its lines as lines
-        text = completion.replace(item.newline, "\n") if item.newline else completion
-        records.append(
-            {
-                "suite": item.suite,
-                "id": item.id,
-                "prompt_id": item.prompt_id,
-                "completion": completion,
-                "extracted": extract_answer(text, item.task, item.cot),
-                "gold": item.gold,
-                "correct": is_correct(text, item.gold, item.task, item.cot),
-                "shortened": cut,
-            }
-        )
-    return records
-
-
-def count(records: list[dict]) -> dict[str, tuple[int, int, int]]:
-    """``suite -> (correct, total, shortened)`` of per-example records."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for record in records:
-        entry = counts[record["suite"]]
-        entry[0] += bool(record["correct"])
-        entry[1] += 1
-        entry[2] += bool(record["shortened"])
-    return {suite: (c, t, s) for suite, (c, t, s) in counts.items()}
-
-
-def results_from_counts(counts: dict[str, tuple[int, int, int]]) -> Results:
-    """`Results` of leaf suites from their counts, with the BBH means over tasks."""
-    results = Results()
-    for suite, (correct, total, shortened) in counts.items():
-        if total:
-            results.add_counts(suite, correct, total, shortened)
-    for family in ("bbh_ao", "bbh_cot"):
-        tasks = [k for k in results.scores if k.startswith(family + "/")]
-        if tasks:
-            results.add_mean(family, tasks)
-    return results
-
-
-def score(
-    items: list[EvalItem], completions: list[str], shortened: list[bool] | None = None
-) -> tuple[Results, list[dict]]:
-    """Accuracy (%), n and interval per suite from completions, and the per-example records."""
-    records = score_records(items, completions, shortened)
-    return results_from_counts(count(records)), records
 
 
 class Completer(Protocol):
@@ -307,45 +181,6 @@ class Evaluator:
         ids = self.tokenizer.encode(fitted.text, add_special_tokens=True)
         bos = self.tokenizer.bos_token_id
         return self.tokenizer.decode(cut_left(ids, fitted.max_tokens, bos), skip_special_tokens=True)
-
-
-def write_results(out: Path, results: Results, records: list[dict]) -> None:
-    """Per-example JSONL per suite family, ``nll.jsonl`` (likelihood suites) and ``summary.json``."""
-    out.mkdir(parents=True, exist_ok=True)
-    by_file = defaultdict(list)
-    for record in records:
-        by_file[record["suite"].split("/", 1)[0]].append(record)
-    for name, rows in by_file.items():
-        with (out / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    if results.nll_values:
-        with (out / "nll.jsonl").open("w", encoding="utf-8") as handle:
-            for suite, values in results.nll_values.items():
-                handle.writelines(json.dumps({"suite": suite, "id": k, "nll": v}) + "\n" for k, v in values.items())
-    (out / "summary.json").write_text(json.dumps(results.summary(), indent=2, sort_keys=True))
-
-
-def format_table(results: Results, per_task: bool = False) -> str:
-    """A printable table: accuracy, n, 95% interval and prompts shortened per suite (BBH tasks only with
-    ``per_task``), then the likelihood suites' mean NLL, n and interval."""
-    names = [n for n in sorted(results.scores) if per_task or "/" not in n]
-    width = max((len(n) for n in [*names, *results.nll]), default=5)
-    lines = []
-    if names:
-        lines.append(f"{'suite':<{width}}  accuracy %      n  95% interval  shortened")
-    for n in names:
-        low, high = results.intervals[n]
-        lines.append(
-            f"{n:<{width}}  {results.scores[n]:10.1f}  {results.counts[n]:5d}  "
-            f"{low:5.1f}-{high:5.1f}   {results.shortened[n]:9d}"
-        )
-    if results.nll:
-        lines.append(f"{'likelihood suite':<{width}}  NLL/token      n  95% interval")
-        for n, stats in sorted(results.nll.items()):
-            lines.append(
-                f"{n:<{width}}  {stats['mean']:10.3f}  {stats['n']:5d}  {stats['low']:.3f}-{stats['high']:.3f}"
-            )
-    return "\n".join(lines)
 
 
 def load_for_evaluation(model: str, device: str = "cpu"):
