@@ -41,7 +41,7 @@ FORMATS_RUNS := runs/reproduce_cpu_formats
 reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-context-only, then zero-shot-only data (not yet timed)
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/in_context_only.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/in_context
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/zero_shot_only.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/zero_shot
-	$(BIN)/python -m specialight.claims --run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --in-context-run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --zero-shot-run $$(ls -d $(FORMATS_RUNS)/zero_shot/lightning_logs/version_* | tail -1) --out $(FORMATS_RUNS)/claims.md
+	$(BIN)/specialight claims --run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --in_context_run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --zero_shot_run $$(ls -d $(FORMATS_RUNS)/zero_shot/lightning_logs/version_* | tail -1) --out $(FORMATS_RUNS)/claims.md
 
 bench: $(STAMP) ## run every benchmark under benchmarks/ (each prints a JSON line last)
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

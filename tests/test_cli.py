@@ -24,6 +24,7 @@ REQUIRED = {
     "plot": ["--logdir", "[a, b]", "--out", "c.png"],
     "plan": ["--configs", f"[{DEMO}]"],
     "export": ["--ckpt", "best.ckpt", "--out", "model", "--dtype", "bfloat16"],
+    "claims": ["--run", "runs/x", "--in_context_run", "runs/a", "--zero_shot_run", "runs/b"],
     "fit": ["--config", DEMO],
     "validate": ["--config", DEMO, "--ckpt_path", "best.ckpt"],
 }

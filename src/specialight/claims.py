@@ -9,16 +9,14 @@ never decide.
 
 Claims (Fu et al., 2023): (a) specializing raises math (in-distribution GSM8K, out-of-distribution
 M-A-S) while BBH answer-only drops and BBH CoT falls; (c) in-context tuning data keeps in-context
-ability where zero-shot data trades it away (Fig. 4; needs two runs, ``--in-context-run`` and
-``--zero-shot-run``); (d) selecting on M-A-S dev picks a checkpoint better out of distribution than
+ability where zero-shot data trades it away (Fig. 4; needs two runs, ``specialight claims --in_context_run`` and
+``--zero_shot_run``); (d) selecting on M-A-S dev picks a checkpoint better out of distribution than
 selecting on GSM8K dev.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,21 +198,3 @@ def claims_markdown(run: Path, in_context: Path | None = None, zero_shot: Path |
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="write claims.md for a finished run")
-    parser.add_argument("--run", type=Path, required=True, help="a run folder holding evaluations.jsonl")
-    parser.add_argument("--in-context-run", type=Path, help="format arm tuned on in-context data only (claim c)")
-    parser.add_argument("--zero-shot-run", type=Path, help="format arm tuned on zero-shot data only (claim c)")
-    parser.add_argument("--out", type=Path, help="default: RUN/claims.md")
-    args = parser.parse_args(argv)
-    text = claims_markdown(args.run, args.in_context_run, args.zero_shot_run)
-    out = args.out or args.run / "claims.md"
-    out.write_text(text)
-    sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

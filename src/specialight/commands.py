@@ -228,4 +228,24 @@ def export(
     return 0
 
 
-STAGES = {stage.__name__: stage for stage in (data, distill, align, evaluate, plot, plan, export)}
+def claims(
+    run: str, in_context_run: str | None = None, zero_shot_run: str | None = None, out: str | None = None
+) -> int:
+    """Judge the paper's claims on a finished run by paired intervals and write claims.md.
+
+    Args:
+        run: a run folder holding evaluations.jsonl (and evaluations/step-*/, selection.json).
+        in_context_run: the Fig. 4 arm tuned on in-context data only (claim c).
+        zero_shot_run: the Fig. 4 arm tuned on zero-shot data only (claim c).
+        out: where to write it (default: RUN/claims.md).
+    """
+    from specialight.claims import claims_markdown
+
+    arms = (Path(in_context_run), Path(zero_shot_run)) if in_context_run and zero_shot_run else (None, None)
+    text = claims_markdown(Path(run), *arms)
+    (Path(out) if out else Path(run) / "claims.md").write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
+STAGES = {stage.__name__: stage for stage in (data, distill, align, evaluate, plot, plan, export, claims)}
