@@ -154,6 +154,8 @@ class Evaluator:
             for name in self.settings.suites:
                 if name in COMPOSITES:
                     results.add_mean(name, list(COMPOSITES[name]))
+            if out_dir is not None and rank == 0:  # on disk before the likelihood suites start
+                write_results(Path(out_dir), results, records)
         else:
             results = Results()
         if "likelihood" in kinds and self.texts():
