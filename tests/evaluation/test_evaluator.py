@@ -187,13 +187,13 @@ def test_evaluate_names_a_missing_model_in_one_line(model, tmp_path, capsys):
 
 
 def test_prompts_cluster_by_their_shared_few_shot_prefix(data_dir, gpt2_tokenizer):
-    from specialight.evaluation.generation import MIN_SHARED_PREFIX, _clusters
+    from specialight.evaluation.generation import MIN_SHARED_PREFIX, prefix_clusters
 
     items = build_items("gsm8k_dev", data_dir, limit=3) + build_items(
         "bbh_cot", data_dir, limit=2, bbh_tasks=["navigate", "word_sorting"]
     )
     encoded = [gpt2_tokenizer.encode(i.prompt) for i in items]
-    clusters = _clusters(encoded, MIN_SHARED_PREFIX)
+    clusters = prefix_clusters(encoded, MIN_SHARED_PREFIX)
     assert sorted(sorted(members) for _, members in clusters) == [[0, 1, 2], [3, 4], [5, 6]]
     demonstrations = {i: len(gpt2_tokenizer.encode(items[i].prompt_without(99))) for i in range(7)}
     for prefix, members in clusters:
@@ -201,7 +201,7 @@ def test_prompts_cluster_by_their_shared_few_shot_prefix(data_dir, gpt2_tokenize
         assert all(p[:prefix] == prompts[0][:prefix] for p in prompts)
         assert len({p[prefix] for p in prompts}) > 1  # the longest shared prefix
         assert all(len(p) - prefix <= demonstrations[i] + 8 for p, i in zip(prompts, members))
-    assert _clusters(encoded, None) == [(0, list(range(7)))]
+    assert prefix_clusters(encoded, None) == [(0, list(range(7)))]
 
 
 def test_shared_prefix_generation_equals_one_prompt_at_a_time(tiny_gpt2_dir, data_dir):

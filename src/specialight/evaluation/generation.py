@@ -100,9 +100,9 @@ def generate(
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc=description, unit="ex", disable=not progress, leave=False)
-    decoder = _Decoder(model, tokenizer, stop, context)
+    decoder = Decoder(model, tokenizer, stop, context)
     try:
-        for prefix, group in _clusters(encoded, minimum):
+        for prefix, group in prefix_clusters(encoded, minimum):
             cache = decoder.prefill(encoded[group[0]][:prefix]) if prefix else None
             for rows in _batches(group, encoded, limits, prefix, batch_size):
                 if own_loop:
@@ -118,7 +118,7 @@ def generate(
     return completions
 
 
-def _clusters(encoded: list[list[int]], minimum: int | None) -> list[tuple[int, list[int]]]:
+def prefix_clusters(encoded: list[list[int]], minimum: int | None) -> list[tuple[int, list[int]]]:
     """``(prefix tokens, prompt indices)``: prompts sorted by their tokens, cut where neighbours share
     fewer than ``minimum`` leading tokens (None: one cluster without a prefix). A prefix leaves every
     prompt at least one token of its own, whose logits give the first new token."""
@@ -155,7 +155,7 @@ def _batches(group: list[int], encoded: list[list[int]], limits: list[int], pref
         yield from (same[s : s + size] for s in range(0, len(same), size))
 
 
-class _Decoder:
+class Decoder:
     """Forward passes of one model: prefix prefill, the own greedy loop, and ``transformers.generate``."""
 
     def __init__(self, model, tokenizer, stop: str, context) -> None:

@@ -19,6 +19,7 @@ Prompts longer than the model's context lose tokens at their left edge; the targ
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from specialight.data.formats import answer_target, question_prompt, render
 from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
-from specialight.evaluation.generation import context_length
+from specialight.evaluation.generation import MIN_SHARED_PREFIX, STOP, Decoder, context_length, prefix_clusters
 from specialight.evaluation.suites import bbh_query
 
 LIKELIHOOD_SUITES = ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context", "nll_bbh_cot", "nll_bbh_ao")
@@ -140,25 +141,34 @@ def token_nlls(
         if limit is not None and not encoder_decoder:
             prompt = prompt[-max(limit - len(target), 1) :]  # the prompt's left edge goes first
         pairs.append((prompt, target))
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     results = [0.0] * len(pairs)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    decoder = Decoder(model, tokenizer, STOP, context)
+    minimum = None if encoder_decoder else MIN_SHARED_PREFIX
+    bar = tqdm(total=len(pairs), desc="likelihood", unit="text", disable=not progress, leave=False)
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="likelihood", disable=not progress, leave=False):
-            rows = order[start : start + batch_size]
-            for row, value in zip(
-                rows, _batch_nll(model, [pairs[i] for i in rows], pad, encoder_decoder, device, context)
-            ):
-                results[row] = value
+        for prefix, group in prefix_clusters([prompt for prompt, _ in pairs], minimum):
+            cache = decoder.prefill(pairs[group[0]][0][:prefix]) if prefix else None
+            order = sorted(group, key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = [(pairs[i][0][prefix:], pairs[i][1]) for i in rows]
+                values = _batch_nll(model, batch, pad, encoder_decoder, device, context, (prefix, cache, decoder))
+                for row, value in zip(rows, values, strict=True):
+                    results[row] = value
+                bar.update(len(rows))
     finally:
+        bar.close()
         model.train(was_training)
     return results
 
 
-def _batch_nll(model, pairs, pad: int, encoder_decoder: bool, device, context) -> list[float]:
-    """Mean per-token NLL of each ``(prompt ids, target ids)`` pair of one batch."""
+def _batch_nll(model, pairs, pad: int, encoder_decoder: bool, device, context, shared=None) -> list[float]:
+    """Mean per-token NLL of each ``(prompt ids, target ids)`` pair of one batch. ``shared`` is ``(prefix
+    length, its KV cache, the Decoder)`` where the batch's prompts continue a shared prefix (decoder-only:
+    ``pairs`` then hold the tokens after it), or None."""
     size = len(pairs)
     if encoder_decoder:
         source, target = max(len(p) for p, _ in pairs), max(len(t) for _, t in pairs)
@@ -173,19 +183,25 @@ def _batch_nll(model, pairs, pad: int, encoder_decoder: bool, device, context) -
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels.to(device)
             ).logits
     else:
+        prefix, prefix_cache, decoder = shared if shared is not None and shared[0] else (0, None, None)
         width = max(len(p) + len(t) for p, t in pairs)
         input_ids = torch.full((size, width), pad, dtype=torch.long)
-        attention = torch.zeros((size, width), dtype=torch.long)
+        attention = torch.zeros((size, prefix + width), dtype=torch.long)
+        attention[:, :prefix] = 1
         labels = torch.full((size, width), -100, dtype=torch.long)
         for row, (prompt, tokens) in enumerate(pairs):
             ids = prompt + tokens
-            input_ids[row, width - len(ids) :], attention[row, width - len(ids) :] = torch.tensor(ids), 1
+            input_ids[row, width - len(ids) :], attention[row, prefix + width - len(ids) :] = torch.tensor(ids), 1
             labels[row, width - len(tokens) :] = torch.tensor(tokens)
         keep = max(len(t) for _, t in pairs) + 1
         # only the target's positions need the vocabulary projection
         only = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        if prefix_cache is not None:  # each row continues the shared prefix's cache
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(size)
+            only |= {decoder.cache_name: cache, "use_cache": True}
         # left padding: positions count from each row's first real token, as generation does
-        positions = (attention.cumsum(1) - 1).clamp_min(0)
+        positions = (attention.cumsum(1) - 1).clamp_min(0)[:, prefix:]
         with context():
             logits = model(
                 input_ids=input_ids.to(device),
