@@ -162,6 +162,14 @@ class SpecializationCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         self.model.run_config = {"yaml": self._run_config}
+        trainer = self.trainer
+        if trainer.strategy.root_device.type == "cpu" and "bf16" in str(trainer.precision) and not cpu_has_bf16():
+            logger.warning(
+                "precision %s on a CPU without bf16 instructions (avx512_bf16, AMX): bf16 matrix products are "
+                "emulated, and a training step measured 2.8x slower than fp32 (benchmarks/cpu_precision.py); "
+                "--trainer.precision=32-true is faster here",
+                trainer.precision,
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The trainer; when fitting, with `LastCheckpoint` unless the config brings a ``ModelCheckpoint``."""
@@ -174,6 +182,15 @@ class SpecializationCLI(LightningCLI):
                 callbacks.append(LastCheckpoint(every))
             kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU reports bf16 instructions (Linux ``/proc/cpuinfo``; True where it cannot tell)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return True
+    flags = cpuinfo.read_text().split()
+    return any("bf16" in flag or flag.startswith("amx") for flag in flags)
 
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> SpecializationCLI:
