@@ -215,6 +215,13 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (openai teachers)")
+    parser.add_argument(
+        "--samples-per-request",
+        type=int,
+        default=1,
+        help="samples per request (the API's n): the prompt is sent once per N samples; servers that refuse "
+        "n > 1 are asked one sample per request",
+    )
     parser.add_argument("--max-retries", type=int, default=6)
     parser.add_argument("--out", required=True, help="output folder (samples.jsonl, summary.json)")
     parser.add_argument("--limit", type=int, default=None, help="the first N questions")
@@ -238,32 +245,21 @@ def run_distill_command(args: argparse.Namespace) -> int:
     if not prompt_path.is_file():
         raise DataError(f"missing prompt file: {prompt_path} (give --prompt FILE)")
     template = prompt_path.read_text(encoding="utf-8")
-    kind, _, name = args.teacher.partition(":")
-    if kind == "openai":
-        if not args.base_url:
-            raise DataError("--teacher openai:MODEL needs --base-url (e.g. http://127.0.0.1:8080/v1)")
-        from specialight.teacher.backends import OpenAITeacher
+    from specialight.teacher.build import build_teacher
 
-        teacher = OpenAITeacher(name, args.base_url, args.endpoint, args.api_key_env, max_retries=args.max_retries)
-        concurrency = args.concurrency
-    elif kind == "local":
-        from specialight.teacher.local import LocalTeacher
-
-        teacher = LocalTeacher.from_pretrained(name, args.device)
-        concurrency = 1  # one model, one seeded RNG: samples are drawn one after another
-    else:
-        raise DataError(f"--teacher must be openai:MODEL or local:PATH_OR_ID, got {args.teacher!r}")
+    teacher = build_teacher(
+        args.teacher, args.base_url, args.endpoint, args.api_key_env, args.max_retries, args.device, args.score
+    )
     settings = DistillSettings(
         num_samples=1 if args.score else args.num_samples,
         temperature=args.temperature,
         max_tokens=args.max_tokens,
         top_k=args.top_k,
         seed=args.seed,
-        concurrency=concurrency,
+        concurrency=args.concurrency,
+        samples_per_request=args.samples_per_request,
     )
     if args.score:
-        if kind != "local":
-            raise DataError("--score needs a local teacher (local:PATH_OR_ID)")
         from specialight.teacher.distill import run_scoring
 
         summary = run_scoring(questions, teacher, template, args.out, settings)

@@ -33,7 +33,7 @@ from specialight.evaluation.context import FittedPrompt, context_length, fit_pro
 from specialight.evaluation.distributed import gather, rank_and_world, sum_counts
 from specialight.evaluation.generation import cut_left, generate
 from specialight.evaluation.intervals import accuracy_interval, mean_interval
-from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ScoredText, build_texts, summarize, token_nlls
+from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ReferenceText, build_texts, summarize, token_nlls
 from specialight.evaluation.suites import COMPOSITES, EvalItem, build_items, expand
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class Evaluator:
         self.config = config if config is not None else getattr(model, "config", None)
         self.newline = newline_separator(tokenizer)
         self._items: list[EvalItem] | None = None
-        self._texts: list[ScoredText] | None = None
+        self._texts: list[ReferenceText] | None = None
         self._fitted: list[FittedPrompt] | None = None
 
     def items(self) -> list[EvalItem]:
@@ -212,7 +212,7 @@ class Evaluator:
             ]
         return self._items
 
-    def texts(self) -> list[ScoredText]:
+    def texts(self) -> list[ReferenceText]:
         """Every reference text of the likelihood suites (built once)."""
         if self._texts is None:
             s = self.settings
