@@ -74,6 +74,7 @@ def distill(
     from dataclasses import replace
 
     from specialight.data.tasks import DataError, load_examples, resolve_data_dir
+    from specialight.teacher.build import build_teacher
     from specialight.teacher.distill import run_distill, run_scoring
 
     task, _, split = questions.partition(":")
@@ -82,23 +83,8 @@ def distill(
     if not prompt_path.is_file():
         raise DataError(f"missing prompt file: {prompt_path} (give --prompt FILE)")
     template = prompt_path.read_text(encoding="utf-8")
-    kind, _, name = teacher.partition(":")
-    if kind == "openai":
-        if not base_url:
-            raise DataError("--teacher openai:MODEL needs --base_url (e.g. http://127.0.0.1:8080/v1)")
-        from specialight.teacher.backends import OpenAITeacher
-
-        backend = OpenAITeacher(name, base_url, endpoint, api_key_env, max_retries=max_retries)
-    elif kind == "local":
-        from specialight.teacher.local import LocalTeacher
-
-        backend = LocalTeacher.from_pretrained(name, device)
-        settings = replace(settings, concurrency=1)  # one model, one seeded RNG: samples one after another
-    else:
-        raise DataError(f"--teacher must be openai:MODEL or local:PATH_OR_ID, got {teacher!r}")
+    backend = build_teacher(teacher, base_url, endpoint, api_key_env, max_retries, device, score)
     if score:
-        if kind != "local":
-            raise DataError("--score needs a local teacher (local:PATH_OR_ID)")
         summary = run_scoring(examples, backend, template, out, replace(settings, num_samples=1))
     else:
         summary = run_distill(examples, backend, template, out, settings)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from specialight.callbacks import EVALUATIONS_FILE
+from specialight.data.jsonl import read_jsonl
 
 PANELS = (
     ("GSM8K (in-distribution)", ("gsm8k_test", "gsm8k_dev")),
@@ -75,8 +76,7 @@ def load_runs(logdirs: list[str | os.PathLike]) -> list[Run]:
         if not files:
             raise FileNotFoundError(f"no {EVALUATIONS_FILE} under {root} (a run with PeriodicEvaluation writes one)")
         for path in files:
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            records = sorted(lines, key=lambda r: r["step"])
+            records = sorted((row for _, row in read_jsonl(path, ("step", "scores"))), key=lambda r: r["step"])
             name = str(path.parent.relative_to(root)) if path.parent != root else root.name
             run = Run(name=f"{root.name}/{name}" if name != root.name else name, records=records)
             selection_path = path.parent / "selection.json"

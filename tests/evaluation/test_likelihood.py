@@ -6,7 +6,7 @@ import torch
 from specialight.data.formats import newline_separator
 from specialight.evaluation.likelihood import (
     LIKELIHOOD_SUITES,
-    ScoredText,
+    ReferenceText,
     build_texts,
     paired_difference,
     summarize,
@@ -75,7 +75,7 @@ def test_a_prompt_longer_than_the_context_loses_its_left_edge(tiny_gpt2_dir, dat
     for text, value in zip(texts, values):
         target = tokenizer.encode(text.target, add_special_tokens=False)
         prompt = tokenizer.encode(text.prompt)[-(limit - len(target)) :]
-        kept = ScoredText(text.suite, text.id, tokenizer.decode(prompt), text.target)
+        kept = ReferenceText(text.suite, text.id, tokenizer.decode(prompt), text.target)
         assert tokenizer.encode(kept.prompt) == prompt
         assert value == pytest.approx(_direct_nll(model, tokenizer, kept), rel=1e-4)
 

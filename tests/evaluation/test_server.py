@@ -6,7 +6,6 @@ is not built)."""
 import json
 import os
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,13 @@ from specialight.evaluation.server import ServerCompleter
 from specialight.evaluation.settings import EvalSettings
 from specialight.models import SMOLLM2_ID, packaged_gguf
 from specialight.teacher.backends import TeacherError
+from tests.loopback import Answer, Loopback, completions_answer
 from tests.teacher.test_llama_server import Server, free_port, server_binary
 
 SUITES = ["gsm8k_dev", "bbh_cot"]
 
 
-class ModelServer:
+class ModelServer(Loopback):
     """/v1/completions on loopback from a model in this process; fails the first ``failures`` requests
     with 503 and records every prompt it is asked."""
 
@@ -32,51 +32,18 @@ class ModelServer:
         self.model, self.tokenizer, self.failures = model, tokenizer, failures
         self.prompts: list[str] = []
         self.lock = threading.Lock()
-        owner = self
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                return
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with owner.lock:
-                    failing = owner.failures > 0
-                    owner.failures -= failing
-                    if not failing:
-                        owner.prompts.append(body["prompt"])
-                        text = generate(
-                            owner.model, owner.tokenizer, [body["prompt"]], body["max_tokens"], progress=False
-                        )[0]
-                if failing:
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                answer = {
-                    "id": "c",
-                    "object": "text_completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
-                }
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def answer(self, body: dict) -> Answer:
+        with self.lock:
+            failing = self.failures > 0
+            self.failures -= failing
+            if failing:
+                return 503, {}, None
+            self.prompts.append(body["prompt"])
+            text = generate(self.model, self.tokenizer, [body["prompt"]], body["max_tokens"], progress=False)[0]
+        choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+        return completions_answer(body["model"], [choice])
 
 
 @pytest.fixture(scope="module")

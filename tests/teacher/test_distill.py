@@ -8,13 +8,9 @@ import time
 import pytest
 
 from specialight.data.records import read_samples
+from specialight.data.stops import cut_tokens_at_stop
 from specialight.data.tasks import DataError, load_examples
-from specialight.teacher.backends import (
-    TeacherError,
-    cut_tokens_at_stop,
-    parse_chat_logprobs,
-    parse_completion_logprobs,
-)
+from specialight.teacher.completion import TeacherError, parse_chat_logprobs, parse_completion_logprobs
 from specialight.teacher.distill import DistillSettings, build_prompt, repair, run_distill, sample_seed
 from specialight.teacher.local import LocalTeacher
 from tests.conftest import ROOT

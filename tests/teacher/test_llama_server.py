@@ -117,6 +117,15 @@ def test_top_k_logprobs_parse_into_the_schema(server, questions, tmp_path, endpo
     assert 0.0 <= summary["acceptance"] <= 1.0
 
 
+def test_llama_server_refuses_n_and_distill_asks_one_sample_per_request(server, questions, tmp_path):
+    teacher = OpenAITeacher("smollm2", server.base_url)
+    settings = DistillSettings(num_samples=3, max_tokens=8, samples_per_request=3, concurrency=1)
+    summary = run_distill(questions[:1], teacher, PROMPT.read_text(), tmp_path, settings, progress=False)
+    assert teacher.one_per_request  # llama-server answers n > 1 with a 400
+    assert summary["samples"] == 3 and summary["usage"]["requests"] == 3
+    assert summary["usage"]["prompt_tokens"] > 3 * 100 and summary["usage"]["completion_tokens"] > 0
+
+
 def test_unreachable_server_fails_clearly_after_retries(questions, tmp_path):
     teacher = OpenAITeacher("smollm2", f"http://127.0.0.1:{free_port()}/v1", max_retries=2, backoff=0.05)
     with pytest.raises(TeacherError, match=r"after 3 tries .*check --base-url"):

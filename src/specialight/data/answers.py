@@ -3,7 +3,8 @@
 Which rules grade a task is its benchmark's answer kind (`specialight.data.registry.ANSWER_KINDS`):
 ``number`` for the math benchmarks, ``exact`` for BBH.
 
-Math, in order: cut the completion where the model starts a new question (``Q:``); take what follows
+Math, in order: cut the completion where the model starts a new question (``Q:`` or ``Question:``, see
+`specialight.data.stops`); take what follows
 the last "answer is" (a rationale may say "the final answer is 15 gallons * 8 = 120" before its
 closing line) and read the first number there; with no "answer is", the last number. Numbers keep their
 sign and thousands separators (``"1,000"`` is 1000, ``"-3"`` is -3; the paper's extractor read these as 0
@@ -23,6 +24,7 @@ import math
 import re
 from fractions import Fraction
 
+from specialight.data.stops import until_next_question
 from specialight.data.tasks import answer_kind
 
 _NUMBER = re.compile(
@@ -30,7 +32,6 @@ _NUMBER = re.compile(
     r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?))?"
 )
 _ANSWER_IS = re.compile(r"answer is\s*:?\s*", re.IGNORECASE)
-_NEXT_QUESTION = re.compile(r"(?:^|\n|\s)(?:Q|Question):\s", re.MULTILINE)
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -55,11 +56,6 @@ def format_value(value: float) -> str:
     if value.is_integer():
         return str(int(value))
     return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def _until_next_question(completion: str) -> str:
-    match = _NEXT_QUESTION.search(completion, 1)
-    return completion[: match.start()] if match else completion
 
 
 def _after_answer_is(text: str) -> str | None:
@@ -93,7 +89,7 @@ def bbh_answer(completion: str, cot: bool = True) -> str | None:
     follows "the answer is" where the model wrote one). First line only, whitespace stripped, one
     trailing period dropped: ``"So the answer is (B)."`` -> ``"(B)"``.
     """
-    text = _until_next_question(completion)
+    text = until_next_question(completion)
     tail = _after_answer_is(text)
     if tail is None:
         if cot:
@@ -112,7 +108,7 @@ def extract_answer(completion: str, task: str, cot: bool = True) -> str | None:
     """
     if answer_kind(task) == "exact":
         return bbh_answer(completion, cot)
-    text = _until_next_question(completion)
+    text = until_next_question(completion)
     return _extract_number(text, _after_answer_is(text))
 
 
@@ -133,7 +129,7 @@ def is_correct(completion: str, gold: str, task: str, cot: bool = True) -> bool:
         return bbh_answer(completion, cot) == gold.strip()
     expected = normalize_gold(gold, task)
     if _PLAIN_NUMBER.fullmatch(expected) is None:
-        tail = _after_answer_is(_until_next_question(completion))
+        tail = _after_answer_is(until_next_question(completion))
         return _clean_text(tail if tail is not None else completion).lower() == expected
     predicted = extract_answer(completion, task)
     return predicted is not None and math.isclose(float(predicted), float(expected), rel_tol=1e-6, abs_tol=1e-6)

@@ -51,16 +51,20 @@ def read_jsonl(
         _cut_torn_tail(path)
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from err
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            missing = [name for name in fields if name not in row]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {', '.join(missing)} (fields present: {sorted(row)})")
-            yield where, row
+            if line.strip():
+                where = f"{path}:{number}"
+                yield where, parse_row(line, where, fields)
+
+
+def parse_row(line: str, where: str, fields: tuple[str, ...] = ()) -> dict:
+    """One JSONL line as a JSON object holding ``fields``, or `DataError` naming ``where`` (``file:line``)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from err
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    missing = [name for name in fields if name not in row]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)} (fields present: {sorted(row)})")
+    return row

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from specialight.data.tasks import DataError
+from specialight.data.jsonl import DataError, parse_row, read_jsonl
 
-logger = logging.getLogger(__name__)
-
-_FIELDS = ("question_id", "sample_index", "text", "tokens", "top_tokens", "top_logprobs")
+SAMPLE_FIELDS = ("question_id", "sample_index", "text", "tokens", "top_tokens", "top_logprobs")
 
 
 def prompt_hash(prompt: str) -> str:
@@ -90,19 +87,15 @@ class TeacherSample:
         return json.dumps(asdict(self), ensure_ascii=False)
 
 
+def sample_from_row(row: dict, where: str) -> TeacherSample:
+    """A validated `TeacherSample` from one JSON object (unknown keys ignored); ``where`` is ``file:line``."""
+    known = {k: v for k, v in row.items() if k in TeacherSample.__dataclass_fields__}
+    return TeacherSample(**known).validate(where)
+
+
 def parse_sample(line: str, where: str) -> TeacherSample:
     """Parse and validate one JSONL line; ``where`` is ``file:line`` for error messages."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from err
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = [name for name in _FIELDS if name not in record]
-    if missing:
-        raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
-    known = {k: v for k, v in record.items() if k in TeacherSample.__dataclass_fields__}
-    return TeacherSample(**known).validate(where)
+    return sample_from_row(parse_row(line, where, SAMPLE_FIELDS), where)
 
 
 def sample_files(path: str | os.PathLike) -> list[Path]:
@@ -119,25 +112,7 @@ def sample_files(path: str | os.PathLike) -> list[Path]:
 def read_samples(path: str | os.PathLike, only_correct: bool = False) -> Iterator[TeacherSample]:
     """Every sample of a file or folder of shards, in file then line order."""
     for file in sample_files(path):
-        with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                sample = parse_sample(line, f"{file}:{number}")
-                if not only_correct or sample.correct:
-                    yield sample
-
-
-def whole_lines(path: Path) -> list[tuple[int, str]]:
-    """Numbered non-empty lines of an append-only JSONL file; a torn last line (no newline: a crash
-    mid-write) is cut off the file first, durably, so a resumed run appends after whole lines only."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        logger.warning("%s: dropping a torn last line of %d bytes (a crash mid-write)", path, len(data) - end)
-        with path.open("r+b") as handle:
-            handle.truncate(end)
-            handle.flush()
-            os.fsync(handle.fileno())
-    lines = data[:end].decode("utf-8").splitlines()
-    return [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+        for where, row in read_jsonl(file, SAMPLE_FIELDS):
+            sample = sample_from_row(row, where)
+            if not only_correct or sample.correct:
+                yield sample

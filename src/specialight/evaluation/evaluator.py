@@ -30,7 +30,7 @@ from specialight.data.formats import newline_separator
 from specialight.evaluation.context import FittedPrompt, context_length, fit_prompt
 from specialight.evaluation.distributed import gather, rank_and_world, sum_counts
 from specialight.evaluation.generation import cut_left, generate
-from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ScoredText, build_texts, token_nlls
+from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ReferenceText, build_texts, token_nlls
 from specialight.evaluation.results import Results, count, results_from_counts, score_records, write_results
 from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.suites import COMPOSITES, EvalItem, build_items, expand
@@ -61,7 +61,7 @@ class Evaluator:
         self.config = config if config is not None else getattr(model, "config", None)
         self.newline = newline_separator(tokenizer)
         self._items: list[EvalItem] | None = None
-        self._texts: list[ScoredText] | None = None
+        self._texts: list[ReferenceText] | None = None
         self._fitted: list[FittedPrompt] | None = None
 
     def items(self) -> list[EvalItem]:
@@ -86,7 +86,7 @@ class Evaluator:
             ]
         return self._items
 
-    def texts(self) -> list[ScoredText]:
+    def texts(self) -> list[ReferenceText]:
         """Every reference text of the likelihood suites (built once)."""
         if self._texts is None:
             s = self.settings

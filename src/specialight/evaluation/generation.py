@@ -27,9 +27,9 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from specialight.data.stops import EVALUATION_STOP, cut_at_stop
 from specialight.evaluation.cache import reserve
 
-STOP = "Q:"
 POSITION_LIMITS = ("n_positions", "max_position_embeddings")
 MIN_SHARED_PREFIX = 32  # tokens; a shorter common prefix is not worth its own prefill
 _GREEDY_DEFAULTS = {
@@ -56,12 +56,6 @@ def context_length(config) -> int | None:
     return None
 
 
-def cut_at_stop(text: str, stop: str = STOP) -> str:
-    """The completion up to (not including) the first stop string."""
-    position = text.find(stop)
-    return text if position < 0 else text[:position]
-
-
 @torch.inference_mode()
 def generate(
     model,
@@ -69,7 +63,7 @@ def generate(
     prompts: list[str],
     max_new_tokens: int | list[int] = 256,
     batch_size: int = 16,
-    stop: str = STOP,
+    stop: str = EVALUATION_STOP,
     progress: bool = True,
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     description: str = "generate",

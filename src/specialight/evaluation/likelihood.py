@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from specialight.data.formats import answer_target, question_prompt, render
+from specialight.data.jsonl import read_jsonl
 from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
-from specialight.evaluation.generation import MIN_SHARED_PREFIX, STOP, Decoder, context_length, prefix_clusters
+from specialight.data.stops import EVALUATION_STOP
+from specialight.evaluation.generation import MIN_SHARED_PREFIX, Decoder, context_length, prefix_clusters
 from specialight.evaluation.suites import bbh_query
 
 LIKELIHOOD_SUITES = ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context", "nll_bbh_cot", "nll_bbh_ao")
@@ -43,7 +44,7 @@ BOOTSTRAP_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
-class ScoredText:
+class ReferenceText:
     """One prompt and the reference continuation whose likelihood is measured."""
 
     suite: str
@@ -60,15 +61,14 @@ def _reference_cot(data_dir, tasks: list[str]) -> dict[tuple[str, int], str]:
     if not path.is_file():
         raise DataError(f"missing BBH reference outputs: {path}")
     kept: dict[tuple[str, int], str] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                row = json.loads(line)
-                task, index, prediction, target = row["task"], int(row["index"]), row["prediction"], row["target"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise DataError(f"{path}:{number}: expected task, index, target, prediction ({err})") from err
-            if task in tasks and is_correct(prediction, target, f"bbh/{task}", cot=True):
-                kept[(task, index)] = prediction.strip()
+    for where, row in read_jsonl(path, ("task", "index", "prediction", "target")):
+        task, prediction, target = row["task"], row["prediction"], row["target"]
+        try:
+            index = int(row["index"])
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: index must be a whole number, got {row['index']!r}") from err
+        if task in tasks and is_correct(prediction, target, f"bbh/{task}", cot=True):
+            kept[(task, index)] = prediction.strip()
     return kept
 
 
@@ -79,7 +79,7 @@ def build_texts(
     limit: int | None = None,
     bbh_tasks: list[str] | None = None,
     prompt_file: str | None = None,
-) -> list[ScoredText]:
+) -> list[ReferenceText]:
     """The texts of one likelihood suite; ``limit`` caps the GSM8K suites and each BBH task."""
     if suite not in LIKELIHOOD_SUITES:
         raise DataError(f"unknown likelihood suite {suite!r}; known: {', '.join(LIKELIHOOD_SUITES)}")
@@ -91,7 +91,7 @@ def build_texts(
                 raise DataError(f"missing prompt file: {path}")
             prefix = path.read_text(encoding="utf-8").strip() + "\n\n"
         return [
-            ScoredText(
+            ReferenceText(
                 suite,
                 e.id,
                 render(prefix + question_prompt(e.question, cot=True), newline),
@@ -114,7 +114,7 @@ def build_texts(
         for example, target in chosen[:limit]:
             text = f"{prompt}\n\n{bbh_query(example.question, style)}"
             texts.append(
-                ScoredText(f"{suite}/{task}", example.id, render(text, newline), render(" " + target, newline))
+                ReferenceText(f"{suite}/{task}", example.id, render(text, newline), render(" " + target, newline))
             )
     return texts
 
@@ -123,7 +123,7 @@ def build_texts(
 def token_nlls(
     model,
     tokenizer,
-    texts: list[ScoredText],
+    texts: list[ReferenceText],
     batch_size: int = 8,
     progress: bool = True,
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -145,7 +145,7 @@ def token_nlls(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    decoder = Decoder(model, tokenizer, STOP, context)
+    decoder = Decoder(model, tokenizer, EVALUATION_STOP, context)
     minimum = None if encoder_decoder else MIN_SHARED_PREFIX
     bar = tqdm(total=len(pairs), desc="likelihood", unit="text", disable=not progress, leave=False)
     try:

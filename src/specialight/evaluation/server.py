@@ -2,9 +2,9 @@
 
 `ServerCompleter` plugs into `Evaluator` in place of in-process generation: the same suites, prompts
 (fitted to the context by `specialight.evaluation.context`, with the tokenizer and context of the served
-model), stop string and scoring. Each prompt goes to ``/v1/completions`` greedily (``temperature=0``,
-``max_tokens`` = the item's budget, ``stop=["Q:"]``), up to ``concurrency`` requests at once, each retried
-with the teacher client's backoff (`specialight.teacher.backends.OpenAITeacher.retrying`).
+model), stop string (`specialight.data.stops`) and scoring. Each prompt goes to ``/v1/completions`` greedily
+(``temperature=0``, ``max_tokens`` = the item's budget, ``stop=["Q:"]``), up to ``concurrency`` requests at
+once, each retried with the teacher client's backoff (`specialight.teacher.backends.OpenAITeacher.retrying`).
 
 Resumable per example: every completion is appended to ``<out>/completions/<suite family>.jsonl`` as one
 flushed, fsynced JSON line (``suite``, ``id``, ``completion``) as soon as it arrives; a rerun after a crash
@@ -22,9 +22,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from specialight.data.records import whole_lines
-from specialight.data.tasks import DataError
-from specialight.evaluation.generation import STOP, cut_at_stop
+from specialight.data.jsonl import read_jsonl
+from specialight.data.stops import EVALUATION_STOP, cut_at_stop
 from specialight.evaluation.suites import EvalItem
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ class ServerCompleter:
             timeout=timeout,
             max_retries=max_retries,
             backoff=backoff,
-            stop=[STOP],
+            stop=[EVALUATION_STOP],
         )
         self.folder = Path(out_dir) / COMPLETIONS_DIR if out_dir is not None else None
         self.concurrency = concurrency
@@ -74,7 +73,7 @@ class ServerCompleter:
         client = self.client
         response = client.retrying(
             lambda: client.client.completions.create(
-                model=client.model, prompt=prompt, temperature=0.0, max_tokens=max_tokens, stop=[STOP]
+                model=client.model, prompt=prompt, temperature=0.0, max_tokens=max_tokens, stop=[EVALUATION_STOP]
             )
         )
         return cut_at_stop(response.choices[0].text or "")
@@ -126,10 +125,6 @@ class ServerCompleter:
         if self.folder is None or not self.folder.is_dir():
             return done
         for path in sorted(self.folder.glob("*.jsonl")):
-            for number, line in whole_lines(path):
-                try:
-                    row = json.loads(line)
-                    done[(row["suite"], row["id"])] = row["completion"]
-                except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise DataError(f"{path}:{number}: expected a JSON object with suite, id, completion") from error
+            for _, row in read_jsonl(path, ("suite", "id", "completion"), repair=True):
+                done[(row["suite"], row["id"])] = row["completion"]
         return done

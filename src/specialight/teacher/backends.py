@@ -1,104 +1,62 @@
-"""Teacher backends: where samples and their per-token top-k log-probs come from.
+"""The HTTP teacher: `OpenAITeacher`, a model behind an OpenAI-compatible server.
 
-`OpenAITeacher` talks to any OpenAI-compatible server (a hosted API, vLLM, llama.cpp's ``llama-server``)
-through the official ``openai`` client, on ``/v1/completions`` (``logprobs=k``) or ``/v1/chat/completions``
-(``logprobs`` + ``top_logprobs=k``). Servers answer completions log-probs in two forms, and both are read:
-the legacy OpenAI form (``tokens``, ``token_logprobs``, ``top_logprobs`` as dicts) and the per-token form
-that llama.cpp uses (``content[i].token/logprob/top_logprobs``). The API key is read from an environment
-variable only and never stored. Failures that may pass (429, 5xx, timeouts, refused connections) are
-retried with exponential backoff and jitter; after the last try the error names the server and the
-setting to check.
+It talks to any such server (a hosted API, vLLM, llama.cpp's ``llama-server``) through the official
+``openai`` client, on ``/v1/completions`` (``logprobs=k``) or ``/v1/chat/completions`` (``logprobs`` +
+``top_logprobs=k``), and reads both log-prob forms (`specialight.teacher.completion`). The API key is read
+from an environment variable only and never stored. Failures that may pass (429, 5xx, timeouts, refused
+connections) are retried after the server's ``Retry-After`` where it sends one, else with exponential
+backoff and jitter (either capped at `MAX_WAIT`); after the last try the error names the server and the
+setting to check. `OpenAITeacher.sample_many` asks for ``n`` choices in one request, so the prompt is sent
+and billed once; a server that refuses ``n > 1`` (llama-server answers 400) or returns fewer choices is
+warned about once and then asked one sample per request. Every response's ``usage`` adds to the teacher's
+`TokenUsage`.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from datetime import timezone
+from typing import Any, TypeVar
+
+from specialight.data.stops import TEACHER_STOPS, cut_at_stop, cut_tokens_at_stop
+from specialight.teacher.completion import (
+    Completion,
+    TeacherError,
+    TokenUsage,
+    parse_chat_logprobs,
+    parse_completion_logprobs,
+)
 
 logger = logging.getLogger(__name__)
-STOP = ["\n\nQuestion:", "\n\nQ:"]
 T = TypeVar("T")
+MAX_WAIT = 60.0  # seconds: the longest wait between two tries, whatever the server asks
+REFUSALS = (400, 422)  # what servers answer to a request field they do not support (llama-server: n > 1)
 
 
-class TeacherError(RuntimeError):
-    """The teacher could not supply what a sample needs (unreachable, no log-probs, bad answer)."""
-
-
-@dataclass
-class Completion:
-    """One sampled continuation: its text, tokens and per-token top-k alternatives with log-probs."""
-
-    text: str
-    tokens: list[str]
-    top_tokens: list[list[str]]
-    top_logprobs: list[list[float]]
-    finish_reason: str
-
-
-class Teacher(Protocol):
-    """What the sampling loop needs from a backend."""
-
-    name: str
-
-    def sample(self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int) -> Completion: ...
-
-
-def _top_from_entries(entries: list[dict[str, Any]], where: str) -> tuple[list[str], list[float]]:
-    return [e["token"] for e in entries], [float(e["logprob"]) for e in entries]
-
-
-def parse_completion_logprobs(
-    logprobs: dict[str, Any] | None, where: str
-) -> tuple[list[str], list[list[str]], list[list[float]]]:
-    """Tokens and top-k of a ``/v1/completions`` choice, from either log-prob form."""
-    if not logprobs:
-        raise TeacherError(f"{where}: the server returned no log-probs (send logprobs=k on /v1/completions)")
-    if logprobs.get("content"):
-        content = logprobs["content"]
-        tokens = [entry["token"] for entry in content]
-        tops = [_top_from_entries(entry.get("top_logprobs") or [], where) for entry in content]
-    elif logprobs.get("tokens") is not None:
-        tokens = list(logprobs["tokens"])
-        raw = logprobs.get("top_logprobs") or []
-        tops = [(list(d), [float(v) for v in d.values()]) if d else ([], []) for d in raw]
-    else:
-        raise TeacherError(f"{where}: log-probs in an unknown form (keys {sorted(logprobs)})")
-    if len(tops) != len(tokens) or any(not names for names, _ in tops):
-        raise TeacherError(f"{where}: the server returned tokens without top-k alternatives (is logprobs > 0?)")
-    return tokens, [n for n, _ in tops], [v for _, v in tops]
-
-
-def parse_chat_logprobs(
-    logprobs: dict[str, Any] | None, where: str
-) -> tuple[list[str], list[list[str]], list[list[float]]]:
-    """Tokens and top-k of a ``/v1/chat/completions`` choice."""
-    content = (logprobs or {}).get("content")
-    if not content:
-        raise TeacherError(f"{where}: the server returned no log-probs (send logprobs=true and top_logprobs=k)")
-    tokens = [entry["token"] for entry in content]
-    tops = [_top_from_entries(entry.get("top_logprobs") or [], where) for entry in content]
-    if any(not names for names, _ in tops):
-        raise TeacherError(f"{where}: tokens without top_logprobs (send top_logprobs=k)")
-    return tokens, [n for n, _ in tops], [v for _, v in tops]
-
-
-def cut_tokens_at_stop(tokens: list[str], tops: list[list[str]], values: list[list[float]], stop: list[str]):
-    """Keep the tokens that start before the first stop string (servers may return the stop's tokens)."""
-    text = "".join(tokens)
-    found = [text.find(s) for s in stop if s in text]
-    if not found:
-        return tokens, tops, values
-    cut, start = min(found), 0
-    for index, token in enumerate(tokens):
-        if start >= cut:
-            return tokens[:index], tops[:index], values[:index]
-        start += len(token)
-    return tokens, tops, values
+def retry_after(error: Exception) -> float | None:
+    """The seconds a failed response's ``Retry-After`` header asks to wait (seconds or an HTTP date),
+    capped at `MAX_WAIT`; None without one."""
+    response = getattr(error, "response", None)
+    value = getattr(response, "headers", {}).get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_WAIT)
 
 
 class OpenAITeacher:
@@ -111,8 +69,12 @@ class OpenAITeacher:
         api_key_env: the environment variable holding the key (unset: no key, for local servers).
         timeout: seconds per request.
         max_retries: tries after the first, on 429, 5xx, timeouts and refused connections.
-        backoff: first wait in seconds; doubles each try, with up to 50% jitter, capped at 60 s.
+        backoff: first wait in seconds; doubles each try, with up to 50% jitter, capped at `MAX_WAIT`
+            (a ``Retry-After`` header takes its place).
+        stop: stop strings (default `specialight.data.stops.TEACHER_STOPS`).
     """
+
+    concurrent = True
 
     def __init__(
         self,
@@ -137,7 +99,10 @@ class OpenAITeacher:
         self.endpoint = endpoint
         self.max_retries = max_retries
         self.backoff = backoff
-        self.stop = list(stop) if stop is not None else list(STOP)
+        self.stop = list(stop) if stop is not None else list(TEACHER_STOPS)
+        self.usage = TokenUsage()
+        self.one_per_request = False  # set once the server refuses n > 1
+        self._lock = threading.Lock()
         self._openai = openai
 
     def _transient(self, error: Exception) -> bool:
@@ -146,7 +111,10 @@ class OpenAITeacher:
             return True
         return isinstance(error, openai.APIStatusError) and error.status_code >= 500
 
-    def _request(self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int) -> dict[str, Any]:
+    def _request(
+        self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int, n: int = 1
+    ) -> dict[str, Any]:
+        more = {"n": n} if n > 1 else {}  # n=1 requests stay as they were, for servers that reject the field
         if self.endpoint == "chat":
             response = self.client.chat.completions.create(
                 model=self.model,
@@ -157,6 +125,7 @@ class OpenAITeacher:
                 top_logprobs=top_k,
                 seed=seed,
                 stop=self.stop,
+                **more,
             )
         else:
             response = self.client.completions.create(
@@ -167,11 +136,16 @@ class OpenAITeacher:
                 logprobs=top_k,
                 seed=seed,
                 stop=self.stop,
+                **more,
             )
-        return response.model_dump()
+        answer = response.model_dump()
+        usage = answer.get("usage") or {}
+        self.usage.add(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        return answer
 
     def retrying(self, request: Callable[[], T]) -> T:
-        """``request()``, retried with backoff on transient failures (also used by server evaluation)."""
+        """``request()``, retried on transient failures after the server's ``Retry-After`` or with backoff
+        (also used by server evaluation)."""
         attempt = 0
         while True:
             try:
@@ -184,7 +158,9 @@ class OpenAITeacher:
                         f"could not get a completion from {self.base_url} after {attempt + 1} tries "
                         f"({type(error).__name__}: {error}); check --base-url and that the server is up"
                     ) from error
-                wait = min(self.backoff * 2**attempt, 60.0) * (1 + 0.5 * random.random())
+                wait = retry_after(error)
+                if wait is None:
+                    wait = min(self.backoff * 2**attempt, MAX_WAIT) * (1 + 0.5 * random.random())
                 logger.warning("%s: %s; retrying in %.1f s", self.base_url, type(error).__name__, wait)
                 time.sleep(wait)
                 attempt += 1
@@ -192,21 +168,53 @@ class OpenAITeacher:
     def sample(self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int) -> Completion:
         """One completion with its top-k log-probs; retries transient failures."""
         response = self.retrying(lambda: self._request(prompt, temperature, max_tokens, top_k, seed))
-        choice = response["choices"][0]
+        return self._completion(response["choices"][0], top_k)
+
+    def sample_many(
+        self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int, n: int
+    ) -> list[Completion] | None:
+        """``n`` completions from one request drawn with one ``seed`` (the prompt sent and billed once), in
+        choice order; None where the server refuses ``n > 1`` or returns fewer choices: then the caller asks
+        one sample per request (warned once; later calls return None without asking)."""
+        if self.one_per_request:
+            return None
+        try:
+            choices = self.retrying(lambda: self._request(prompt, temperature, max_tokens, top_k, seed, n))["choices"]
+        except TeacherError as error:
+            cause = error.__cause__
+            if not isinstance(cause, self._openai.APIStatusError) or cause.status_code not in REFUSALS:
+                raise
+            self._fall_back(n, f"{cause.status_code}: {cause}")
+            return None
+        if len(choices) < n:
+            self._fall_back(n, f"{len(choices)} choice(s) returned")
+            return None
+        ordered = sorted(choices, key=lambda choice: choice.get("index") or 0)[:n]
+        return [self._completion(choice, top_k) for choice in ordered]
+
+    def _fall_back(self, n: int, reason: str) -> None:
+        with self._lock:
+            first, self.one_per_request = not self.one_per_request, True
+        if first:
+            logger.warning(
+                "%s does not give %d samples per request (%s); asking one sample per request instead",
+                self.base_url,
+                n,
+                reason,
+            )
+
+    def _completion(self, choice: dict[str, Any], top_k: int) -> Completion:
+        """One choice of a response, cut at the stop strings, with the top ``top_k`` alternatives."""
         where = f"{self.base_url} ({self.endpoint})"
         if self.endpoint == "chat":
             tokens, tops, values = parse_chat_logprobs(choice.get("logprobs"), where)
-        else:
-            tokens, tops, values = parse_completion_logprobs(choice.get("logprobs"), where)
-        tokens, tops, values = cut_tokens_at_stop(tokens, tops, values, self.stop)
-        if self.endpoint == "chat":
             text = (choice.get("message") or {}).get("content") or ""
         else:
+            tokens, tops, values = parse_completion_logprobs(choice.get("logprobs"), where)
             text = choice.get("text") or ""
-        for stop in self.stop:
-            text = text.split(stop, 1)[0]
+        tokens, tops, values = cut_tokens_at_stop(tokens, tops, values, self.stop)
         return Completion(
-            text,
+            cut_at_stop(text, self.stop),
             tokens,
             [list(t[:top_k]) for t in tops],
             [list(v[:top_k]) for v in values],

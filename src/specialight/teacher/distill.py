@@ -6,7 +6,15 @@ filter when reading). A restarted run first cuts a torn last line (a crash mid-w
 ``(question, sample index)`` already on disk, so after a crash or SIGKILL the same command continues
 where it stopped: nothing lost, nothing twice. Sample ``i`` of question ``q`` is drawn with the seed
 ``hash(seed, q, i)``, so a seeded local teacher redraws exactly what an uninterrupted run would have.
-``summary.json`` reports the acceptance rate overall and per question.
+
+``samples_per_request`` N > 1 asks an HTTP teacher for a question's samples N at a time (the API's ``n``):
+indices ``[kN, kN + N)`` come from one request, so the prompt is sent and billed once per N samples. That
+request carries the seed of its first index and the server draws all N choices from it: a rerun with the
+same N redraws them where the server honours seeds, but they are other samples than N = 1 draws. A resumed
+run sends a partly written group's request again and writes only its missing indices, so each index is
+still written once. A server that refuses ``n > 1`` (or returns fewer choices) is asked one sample per
+request, each with its own seed as with N = 1. ``summary.json`` reports the acceptance rate overall and per
+question, and the requests and prompt and completion tokens this invocation used (the responses' ``usage``).
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from tqdm.auto import tqdm
 
 from specialight.data.answers import extract_answer, is_correct
 from specialight.data.formats import COT_TRIGGER, answer_target
-from specialight.data.records import TeacherSample, parse_sample, prompt_hash, whole_lines
-from specialight.data.tasks import DataError, Example
-from specialight.teacher.backends import Teacher, TeacherError
+from specialight.data.jsonl import DataError, read_jsonl
+from specialight.data.records import SAMPLE_FIELDS, TeacherSample, prompt_hash, sample_from_row
+from specialight.data.stops import QUESTION_LABELS
+from specialight.data.tasks import Example
+from specialight.teacher.completion import Completion, Teacher, TeacherError
 
 logger = logging.getLogger(__name__)
 SAMPLES_FILE = "samples.jsonl"
@@ -36,7 +46,9 @@ SAMPLES_FILE = "samples.jsonl"
 
 @dataclass
 class DistillSettings:
-    """How many samples, drawn how."""
+    """How many samples, drawn how. ``concurrency``: requests in flight (a local teacher draws one sample at
+    a time); ``samples_per_request``: samples per request (the API's ``n``; the prompt is sent once per that
+    many; a server that refuses it is asked one sample per request)."""
 
     num_samples: int = 40
     temperature: float = 0.5
@@ -44,6 +56,7 @@ class DistillSettings:
     top_k: int = 5
     seed: int = 0
     concurrency: int = 4
+    samples_per_request: int = 1
 
 
 def sample_seed(seed: int, question_id: str, index: int) -> int:
@@ -54,7 +67,8 @@ def sample_seed(seed: int, question_id: str, index: int) -> int:
 
 def build_prompt(template: str, question: str) -> str:
     """The few-shot template followed by the question in the template's own style (``Question:`` or ``Q:``)."""
-    label = "Question:" if "Question:" in template else "Q:"
+    question_label, short_label = QUESTION_LABELS
+    label = question_label if question_label in template else short_label
     return f"{template.strip()}\n\n{label} {question.strip()}\n{COT_TRIGGER}\n"
 
 
@@ -64,16 +78,28 @@ def repair(path: Path) -> set[tuple[str, int]]:
     if not path.is_file():
         return set()
     done = set()
-    for number, line in whole_lines(path):
-        sample = parse_sample(line, f"{path}:{number}")
+    for where, row in read_jsonl(path, SAMPLE_FIELDS, repair=True):
+        sample = sample_from_row(row, where)
         if sample.key in done:
-            raise DataError(f"{path}:{number}: sample {sample.key} appears twice")
+            raise DataError(f"{where}: sample {sample.key} appears twice")
         done.add(sample.key)
     return done
 
 
-def _work(questions: list[Example], num_samples: int, done: set[tuple[str, int]]) -> list[tuple[Example, int]]:
-    return [(q, i) for q in questions for i in range(num_samples) if (q.id, i) not in done]
+def _work(
+    questions: list[Example], num_samples: int, done: set[tuple[str, int]], per_request: int = 1
+) -> list[tuple[Example, int, list[int]]]:
+    """``(question, first index, missing indices)`` of each request still to send. Groups are fixed,
+    ``per_request`` indices from 0 whatever is on disk, so a resumed run sends what an uninterrupted one
+    would."""
+    work = []
+    for question in questions:
+        for start in range(0, num_samples, per_request):
+            group = range(start, min(start + per_request, num_samples))
+            missing = [i for i in group if (question.id, i) not in done]
+            if missing:
+                work.append((question, start, missing))
+    return work
 
 
 def _open_run(out: str | os.PathLike) -> tuple[Path, set[tuple[str, int]]]:
@@ -91,10 +117,8 @@ def _append(handle, sample: TeacherSample) -> None:
     os.fsync(handle.fileno())
 
 
-def _close_run(
-    path: Path, questions: list[Example], settings: DistillSettings, teacher: str, template_hash: str
-) -> dict:
-    summary = summarize(path, questions, settings, teacher, template_hash)
+def _close_run(path: Path, summary: dict) -> dict:
+    """Write ``summary.json`` beside the samples file; return the summary."""
     (path.parent / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -108,54 +132,54 @@ def run_distill(
     progress: bool = True,
 ) -> dict:
     """Sample every missing ``(question, index)``, append each to ``samples.jsonl``; return the summary."""
+    if settings.samples_per_request < 1:
+        raise ValueError(f"samples_per_request must be at least 1, got {settings.samples_per_request}")
     path, done = _open_run(out)
-    todo = _work(questions, settings.num_samples, done)
+    todo = _work(questions, settings.num_samples, done, settings.samples_per_request)
     template_hash = prompt_hash(template)
-    logger.info("%d samples on disk, %d to draw from %s", len(done), len(todo), teacher.name)
+    count = sum(len(missing) for _, _, missing in todo)
+    logger.info("%d samples on disk, %d to draw from %s", len(done), count, teacher.name)
+    used_before = teacher.usage.totals()
     lock = threading.Lock()
     accepted = [0, 0]
 
-    def draw(question: Example, index: int) -> TeacherSample:
-        completion = teacher.sample(
-            build_prompt(template, question.question),
-            settings.temperature,
-            settings.max_tokens,
-            settings.top_k,
-            sample_seed(settings.seed, question.id, index),
-        )
+    def record(question: Example, index: int, completion: Completion) -> TeacherSample:
         if not completion.tokens:
             raise TeacherError(f"{teacher.name}: empty completion for {question.id} sample {index}")
-        return TeacherSample(
-            question_id=question.id,
-            sample_index=index,
-            text=completion.text,
-            tokens=completion.tokens,
-            top_tokens=completion.top_tokens,
-            top_logprobs=completion.top_logprobs,
-            prompt_hash=template_hash,
-            teacher=teacher.name,
-            finish_reason=completion.finish_reason,
-            answer=extract_answer(completion.text, question.task),
-            correct=is_correct(completion.text, question.answer, question.task),
-        ).validate(f"{teacher.name} {question.id}#{index}")
+        answer = extract_answer(completion.text, question.task)
+        correct = is_correct(completion.text, question.answer, question.task)
+        sample = completion.to_sample(question.id, index, template_hash, teacher.name, answer, correct)
+        return sample.validate(f"{teacher.name} {question.id}#{index}")
 
-    bar = tqdm(total=len(todo), desc="distill", unit="sample", disable=not progress)
-    with path.open("a", encoding="utf-8") as handle, ThreadPoolExecutor(max(settings.concurrency, 1)) as pool:
+    def draw(question: Example, start: int, missing: list[int]) -> list[TeacherSample]:
+        asked = (build_prompt(template, question.question), settings.temperature, settings.max_tokens, settings.top_k)
+        size = min(settings.samples_per_request, settings.num_samples - start)
+        many = teacher.sample_many(*asked, sample_seed(settings.seed, question.id, start), size) if size > 1 else None
+        if many is None:
+            drawn = [(i, teacher.sample(*asked, sample_seed(settings.seed, question.id, i))) for i in missing]
+        else:
+            drawn = [(start + j, c) for j, c in enumerate(many) if start + j in missing]
+        return [record(question, index, completion) for index, completion in drawn]
 
-        def write(sample: TeacherSample) -> None:
+    workers = max(settings.concurrency, 1) if teacher.concurrent else 1
+    bar = tqdm(total=count, desc="distill", unit="sample", disable=not progress)
+    with path.open("a", encoding="utf-8") as handle, ThreadPoolExecutor(workers) as pool:
+
+        def write(samples: list[TeacherSample]) -> None:
             with lock:
-                _append(handle, sample)
-                accepted[0] += int(bool(sample.correct))
-                accepted[1] += 1
-                bar.update(1)
-                bar.set_postfix(accepted=f"{accepted[0] / accepted[1]:.0%}")
+                for sample in samples:
+                    _append(handle, sample)
+                    accepted[0] += int(bool(sample.correct))
+                    accepted[1] += 1
+                bar.update(len(samples))
+                bar.set_postfix(accepted=f"{accepted[0] / max(accepted[1], 1):.0%}")
 
         pending: set[Future] = set()
-        queue: Iterator[tuple[Example, int]] = iter(todo)
+        queue: Iterator[tuple[Example, int, list[int]]] = iter(todo)
         try:
-            for question, index in queue:
-                pending.add(pool.submit(draw, question, index))
-                if len(pending) >= 2 * max(settings.concurrency, 1):
+            for question, start, missing in queue:
+                pending.add(pool.submit(draw, question, start, missing))
+                if len(pending) >= 2 * workers:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
                         write(future.result())
@@ -165,20 +189,27 @@ def run_distill(
             bar.close()
             for future in pending:
                 future.cancel()
-    return _close_run(path, questions, settings, teacher.name, template_hash)
+    used = {key: value - used_before[key] for key, value in teacher.usage.totals().items()}
+    return _close_run(path, summarize(path, questions, settings, teacher.name, template_hash, used))
 
 
 def summarize(
-    path: Path, questions: list[Example], settings: DistillSettings, teacher: str, template_hash: str
+    path: Path,
+    questions: list[Example],
+    settings: DistillSettings,
+    teacher: str,
+    template_hash: str,
+    usage: dict[str, int] | None = None,
 ) -> dict:
-    """Acceptance overall and per question, from what is on disk."""
+    """Acceptance overall and per question, from what is on disk; ``usage``: this invocation's requests and
+    tokens, where known."""
     per_question: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        per_question[record["question_id"]][0] += int(bool(record["correct"]))
-        per_question[record["question_id"]][1] += 1
+    for _, row in read_jsonl(path, ("question_id", "correct")):
+        per_question[row["question_id"]][0] += int(bool(row["correct"]))
+        per_question[row["question_id"]][1] += 1
     total = sum(n for _, n in per_question.values())
     correct = sum(c for c, _ in per_question.values())
+    keys = ("num_samples", "temperature", "max_tokens", "top_k", "seed", "samples_per_request")
     return {
         "teacher": teacher,
         "prompt_hash": template_hash,
@@ -188,7 +219,8 @@ def summarize(
         "acceptance": correct / total if total else 0.0,
         "questions_with_a_correct_sample": sum(1 for c, _ in per_question.values() if c),
         "per_question": {q: {"correct": c, "samples": n, "acceptance": c / n} for q, (c, n) in per_question.items()},
-        "settings": {k: getattr(settings, k) for k in ("num_samples", "temperature", "max_tokens", "top_k", "seed")},
+        "settings": {k: getattr(settings, k) for k in keys},
+        **({"usage": usage} if usage is not None else {}),
     }
 
 
@@ -199,7 +231,7 @@ def run_scoring(
     path, done = _open_run(out)
     template_hash = prompt_hash(template)
     with path.open("a", encoding="utf-8") as handle:
-        for question, _ in tqdm(_work(questions, 1, done), desc="score", unit="sample"):
+        for question, _, _ in tqdm(_work(questions, 1, done), desc="score", unit="sample"):
             if not question.rationale:
                 raise DataError(f"{question.id}: no gold rationale to score")
             prompt, target = (
@@ -210,4 +242,4 @@ def run_scoring(
                 handle,
                 teacher.score_sample(question.id, prompt, target, question.answer, settings.top_k, template_hash),
             )
-    return _close_run(path, questions, settings, teacher.name, template_hash)
+    return _close_run(path, summarize(path, questions, settings, teacher.name, template_hash))

@@ -10,35 +10,26 @@ of thought.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from specialight.align.markers import surface, tokenizer_scheme
 from specialight.data.records import TeacherSample, prompt_hash
-from specialight.teacher.backends import STOP, Completion, cut_tokens_at_stop
-
-
-@dataclass
-class ScoredText:
-    """Teacher-forced top-k of one text: ``tokens[i]``, its own log-prob ``token_logprobs[i]`` and its
-    ``top_tokens[i]``/``top_logprobs[i]``."""
-
-    tokens: list[str]
-    top_tokens: list[list[str]]
-    top_logprobs: list[list[float]]
-    token_logprobs: list[float]
+from specialight.data.stops import TEACHER_STOPS, cut_tokens_at_stop
+from specialight.teacher.completion import Completion, TokenUsage
 
 
 class LocalTeacher:
     """A causal LM from transformers used as a teacher on CPU or GPU."""
+
+    concurrent = False  # one model, one seeded RNG: samples are drawn one after another
 
     def __init__(self, model, tokenizer, name: str = "local", stop: list[str] | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.scheme = tokenizer_scheme(tokenizer)
-        self.stop = list(stop) if stop is not None else list(STOP)
+        self.stop = list(stop) if stop is not None else list(TEACHER_STOPS)
+        self.usage = TokenUsage()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "cpu") -> LocalTeacher:
@@ -71,6 +62,7 @@ class LocalTeacher:
         finally:
             torch.random.set_rng_state(generator_state)
         new = output.sequences[0, ids.shape[1] :].tolist()
+        self.usage.add(ids.shape[1], len(new))
         logprobs = torch.log_softmax(torch.stack(output.logits, dim=1)[0].float(), dim=-1)  # [new, vocab]
         top = logprobs.topk(top_k, dim=-1)
         finish = "length"
@@ -85,12 +77,19 @@ class LocalTeacher:
             finish = "stop"
         return Completion("".join(kept[0]), kept[0], kept[1], kept[2], finish)
 
+    def sample_many(
+        self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int, n: int
+    ) -> list[Completion] | None:
+        """None: one local model draws one sample per call, so the caller draws each with `sample` and its
+        own seed."""
+        return None
+
     def _surface(self, token_id: int) -> str:
         return surface(self.tokenizer.convert_ids_to_tokens(int(token_id)), self.scheme)
 
     @torch.inference_mode()
-    def score(self, prompt: str, text: str, top_k: int = 5) -> ScoredText:
-        """Top-k log-probs at every token of ``text`` when it follows ``prompt``."""
+    def score(self, prompt: str, text: str, top_k: int = 5) -> Completion:
+        """Top-k log-probs at every token of ``text`` when it follows ``prompt`` (finish reason ``scored``)."""
         prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         text_ids = self.tokenizer.encode(text, add_special_tokens=False)
         if not text_ids:
@@ -104,10 +103,13 @@ class LocalTeacher:
         logprobs = torch.log_softmax(logits, dim=-1)
         top = logprobs.topk(top_k, dim=-1)
         own = logprobs.gather(1, torch.tensor(text_ids, device=logprobs.device)[:, None])[:, 0]
-        return ScoredText(
-            tokens=[self._surface(i) for i in text_ids],
+        tokens = [self._surface(i) for i in text_ids]
+        return Completion(
+            text="".join(tokens),
+            tokens=tokens,
             top_tokens=[[self._surface(i) for i in row] for row in top.indices.tolist()],
             top_logprobs=top.values.tolist(),
+            finish_reason="scored",
             token_logprobs=[min(v, 0.0) for v in own.tolist()],
         )
 
@@ -117,17 +119,4 @@ class LocalTeacher:
         """`score` as a `TeacherSample` record (sample index 0, finish reason ``scored``); ``prompt_id``
         defaults to the hash of ``prompt``."""
         scored = self.score(prompt, text, top_k)
-        return TeacherSample(
-            question_id=question_id,
-            sample_index=0,
-            text="".join(scored.tokens),
-            tokens=scored.tokens,
-            top_tokens=scored.top_tokens,
-            top_logprobs=scored.top_logprobs,
-            prompt_hash=prompt_id or prompt_hash(prompt),
-            teacher=self.name,
-            finish_reason="scored",
-            answer=answer,
-            correct=True,
-            token_logprobs=scored.token_logprobs,
-        )
+        return scored.to_sample(question_id, 0, prompt_id or prompt_hash(prompt), self.name, answer, True)
