@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from specialight.data.formats import answer_target, question_prompt, render
 from specialight.data.jsonl import read_jsonl
-from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
 from specialight.data.stops import EVALUATION_STOP
+from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
 from specialight.evaluation.generation import MIN_SHARED_PREFIX, Decoder, context_length, prefix_clusters
 from specialight.evaluation.suites import bbh_query
 
