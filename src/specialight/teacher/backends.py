@@ -114,30 +114,15 @@ class OpenAITeacher:
     def _request(
         self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int, n: int = 1
     ) -> dict[str, Any]:
-        more = {"n": n} if n > 1 else {}  # n=1 requests stay as they were, for servers that reject the field
+        common = {"model": self.model, "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+        common |= {"stop": self.stop, **({"n": n} if n > 1 else {})}  # n=1 as before: some servers reject n
         if self.endpoint == "chat":
+            messages = [{"role": "user", "content": prompt}]
             response = self.client.chat.completions.create(
-                model=self.model,
-                messages=[{"role": "user", "content": prompt}],
-                temperature=temperature,
-                max_tokens=max_tokens,
-                logprobs=True,
-                top_logprobs=top_k,
-                seed=seed,
-                stop=self.stop,
-                **more,
+                messages=messages, logprobs=True, top_logprobs=top_k, **common
             )
         else:
-            response = self.client.completions.create(
-                model=self.model,
-                prompt=prompt,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                logprobs=top_k,
-                seed=seed,
-                stop=self.stop,
-                **more,
-            )
+            response = self.client.completions.create(prompt=prompt, logprobs=top_k, **common)
         answer = response.model_dump()
         usage = answer.get("usage") or {}
         self.usage.add(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
