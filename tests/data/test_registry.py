@@ -60,7 +60,7 @@ def test_the_data_command_lists_a_registered_benchmark(toy_dir, capsys):
 
 def test_a_registered_benchmark_is_evaluated(toy_dir, tiny_gpt2_dir, tmp_path_factory, capsys):
     out = tmp_path_factory.mktemp("toy-eval")
-    argv = ["evaluate", "--model", str(tiny_gpt2_dir), "--suites", "toy_dev,toy_test_zero_shot"]
+    argv = ["evaluate", "--model", str(tiny_gpt2_dir), "--suites", "[toy_dev,toy_test_zero_shot]"]
     assert cli_main([*argv, "--max-new-tokens", "4", "--out", str(out), "--data-dir", str(toy_dir)]) == 0
     assert "toy_dev" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -75,9 +75,11 @@ def test_a_registered_benchmark_suite_runs_in_periodic_evaluation(toy_dir, tiny_
 
     from specialight.callbacks import PeriodicEvaluation
     from specialight.data.datamodule import SpecializationDataModule
+    from specialight.evaluation.settings import EvalSettings
     from specialight.module import SpecializationModule
 
-    evaluation = PeriodicEvaluation(suites=["toy_dev"], every_n_examples=8, max_new_tokens=2, data_dir=str(toy_dir))
+    settings = EvalSettings(suites=["toy_dev"], max_new_tokens=2, data_dir=str(toy_dir))
+    evaluation = PeriodicEvaluation(settings, every_n_examples=8)
     trainer = L.Trainer(
         max_steps=2,
         accelerator="cpu",
