@@ -7,10 +7,9 @@ under ``<log_dir>/evaluations/step-<N>/``; under ``specialight validate`` it eva
 step. A record holds ``scores`` (suite -> accuracy %) and, per suite, ``n`` (examples), ``ci95`` (95%
 interval, percent) and ``shortened`` (prompts cut to fit the context); likelihood suites (``nll_*``) add
 ``nll`` (mean per-token NLL, n, interval) and, from the second evaluation on, ``nll_change``: the
-paired-bootstrap change since the first evaluation on the same examples. They are cheap (forward passes
-only) and may run at their own, higher cadence (``likelihood_every_n_examples``). Every rank evaluates its
-share and all ranks get the same results (counts summed with torchmetrics), so every rank takes the same
-selection decisions; a sharded model is whole on every rank while it generates.
+paired-bootstrap change since the first evaluation on the same examples; they may run at their own cadence
+(``likelihood_every_n_examples``). Every rank evaluates its share and gets the same results (torchmetrics
+counts), so every rank takes the same selection decisions; a sharded model is whole while it generates.
 
 `ModelSelection` watches one metric (``eval/mas_dev``: held-out out-of-distribution math, the paper's
 choice; ``eval/gsm8k_dev`` possible) among the training checkpoints (the step-0 evaluation of the
@@ -34,6 +33,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from specialight.evaluation.evaluator import Evaluator
 from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.tables import format_table, selection_table
+from specialight.progress import RunClock
 
 logger = logging.getLogger(__name__)
 EVALUATIONS_FILE = "evaluations.jsonl"
@@ -79,13 +79,12 @@ class PeriodicEvaluation(L.Callback):
         at_end: bool = True,
         likelihood_every_n_examples: int | None = None,
     ) -> None:
-        self.settings = settings
-        self.every_n_examples = every_n_examples
+        self.settings, self.every_n_examples = settings, every_n_examples
         self.likelihood_every_n_examples = likelihood_every_n_examples
-        self.before_training = before_training
-        self.at_end = at_end
+        self.before_training, self.at_end = before_training, at_end
         self.history: list[dict[str, Any]] = []
         self.examples_seen = 0
+        self.clock = RunClock()  # the expected time left, in the log line of each evaluation
         self.nll_baseline: dict[str, dict[str, float]] | None = None
         self.checkpoint_step: int | None = None
         self._evaluator: Evaluator | None = None
@@ -150,11 +149,12 @@ class PeriodicEvaluation(L.Callback):
         self.history.append(record)
         metrics = {f"eval/{name}": value for name, value in record["scores"].items()}
         metrics |= {f"eval/{name}": stats["mean"] for name, stats in record.get("nll", {}).items()}
+        scores = ", ".join(f"{k.removeprefix('eval/')} {v:.3g}" for k, v in metrics.items() if "/" not in k[5:])
         logger.info(
-            "step %d (%d examples): %s",
-            step,
+            "%s (%d examples): %s",
+            self.clock.line(record, trainer.max_steps, self.every_n_examples),
             record["examples"],
-            ", ".join(f"{k.removeprefix('eval/')} {v:.3g}" for k, v in metrics.items() if "/" not in k[5:]),
+            scores,
         )
         if not fitting:
             pl_module.log_dict(metrics, sync_dist=True)  # the same on every rank: the mean changes nothing
@@ -179,6 +179,7 @@ class PeriodicEvaluation(L.Callback):
             self.checkpoint_step = None  # a later validate without a checkpoint is at the trainer's step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.clock = RunClock(first_step=trainer.global_step)
         folder = log_dir(trainer)
         if trainer.is_global_zero:
             # the file holds what the (restored) history holds: a run resumed from a checkpoint older than its
