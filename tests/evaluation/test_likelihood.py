@@ -104,3 +104,19 @@ def test_paired_difference_is_zero_for_the_same_model_and_moves_when_trained_on_
     assert moved["high"] < 0  # the interval excludes no change: likelihood of the trained text rose
     summary = summarize(list(after.values()))
     assert summary["n"] == 12 and summary["low"] <= summary["mean"] <= summary["high"]
+
+
+def test_batches_keep_the_logits_of_a_forward_pass_within_the_budget(monkeypatch):
+    from types import SimpleNamespace
+
+    from specialight.evaluation import likelihood
+
+    monkeypatch.setattr(likelihood, "LOGITS_BUDGET", 1000)
+    config = SimpleNamespace(vocab_size=10)
+    lengths = [49, 9, 9, 9, 9, 9, 9, 99]  # targets of 50, 10, ..., 100 positions x 10 logits
+    batches = likelihood._batches(list(range(8)), lengths, batch_size=4, config=config)
+    assert [i for batch in batches for i in batch] == list(range(8))
+    for batch in batches:
+        assert len(batch) <= 4
+        assert len(batch) == 1 or len(batch) * max(lengths[i] + 1 for i in batch) * 10 <= 1000
+    assert batches == [[0, 1], [2, 3, 4, 5], [6], [7]]

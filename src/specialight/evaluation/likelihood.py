@@ -41,6 +41,7 @@ LIKELIHOOD_SUITES = ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context", "nll
 REFERENCE_COT = "bbh-reference-outputs/code-davinci-002-cot.jsonl"
 DEFAULT_MATH_PROMPT = "prompts/flan_t5_cot_specialization/prompt_simple_4_cases.txt"
 BOOTSTRAP_SAMPLES = 2000
+LOGITS_BUDGET = 64 * 1024 * 1024  # logit elements per forward pass (256 MB in fp32)
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,7 @@ def token_nlls(
         for prefix, group in prefix_clusters([prompt for prompt, _ in pairs], minimum):
             cache = decoder.prefill(pairs[group[0]][0][:prefix]) if prefix else None
             order = sorted(group, key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
+            for rows in _batches(order, [len(pairs[i][1]) for i in order], batch_size, model.config):
                 batch = [(pairs[i][0][prefix:], pairs[i][1]) for i in rows]
                 values = _batch_nll(model, batch, pad, encoder_decoder, device, context, (prefix, cache, decoder))
                 for row, value in zip(rows, values, strict=True):
@@ -212,10 +212,29 @@ def _batch_nll(model, pairs, pad: int, encoder_decoder: bool, device, context, s
         logits = logits[:, -keep:-1]
         labels = labels[:, -keep + 1 :]
     labels = labels.to(logits.device)
-    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels.clamp_min(0), reduction="none") * (
-        labels >= 0
-    )
-    return (nll.sum(1) / (labels >= 0).sum(1)).tolist()
+    # row by row: a float copy of one row's logits at a time, not of the batch's [B, T, V]
+    return [
+        torch.nn.functional.cross_entropy(logits[row][labels[row] >= 0].float(), labels[row][labels[row] >= 0]).item()
+        for row in range(size)
+    ]
+
+
+def _batches(order: list[int], target_lengths: list[int], batch_size: int, config) -> list[list[int]]:
+    """``order`` in batches of at most ``batch_size`` texts whose target logits ``[B, T, V]`` stay within
+    `LOGITS_BUDGET` elements (long reference texts with a large vocabulary go in smaller batches)."""
+    vocabulary = int(getattr(config, "vocab_size", 0) or 1)
+    batches: list[list[int]] = [[]]
+    longest = 0
+    for index, length in zip(order, target_lengths, strict=True):
+        wider = max(longest, length + 1)
+        if batches[-1] and (
+            len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * wider * vocabulary > LOGITS_BUDGET
+        ):
+            batches.append([])
+            wider = length + 1
+        batches[-1].append(index)
+        longest = wider
+    return [batch for batch in batches if batch]
 
 
 def bootstrap_interval(values: list[float] | np.ndarray, seed: int = 0) -> tuple[float, float]:
