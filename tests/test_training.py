@@ -275,8 +275,8 @@ def test_ddp_on_two_cpu_processes(tiny_t5_dir, data_dir, tmp_path):
     single = cli(
         "evaluate",
         f"--model={tiny_t5_dir}",
-        "--suites=svamp_dev,nll_bbh_ao",
-        "--bbh-tasks=navigate",
+        "--suites=[svamp_dev,nll_bbh_ao]",
+        "--bbh_tasks=[navigate]",
         "--limit=3",
         "--max-new-tokens=4",
         f"--data-dir={data_dir}",
