@@ -1,7 +1,7 @@
 """``make demo`` / ``make reproduce-cpu``: specialize a real model offline on 2 CPU cores and show the trade-off.
 
 Runs ``specialight fit`` on the config(s) (default ``configs/demo.yaml``: SmolLM2-135M-Instruct on the gold
-GSM8K rationales, evaluated before training and every 120 examples), draws the curves with ``specialight
+GSM8K rationales, evaluated before training and at the end), draws the curves with ``specialight
 plot``, writes ``claims.md`` (`specialight.claims`), and prints each metric before training, at the
 checkpoint selected on M-A-S dev and at the end, then the likelihood suites before and after with the
 paired change.
