@@ -30,3 +30,14 @@ def test_the_clock_leaves_evaluation_time_out_of_the_step_time(monkeypatch):
     now[0] += 150.0 + 100.0  # 15 steps of 10 s, then a 100 s evaluation
     line = clock.line({"step": 15, "examples": 120, "seconds": 100.0}, 30, 120)
     assert line == "step 15/30, about 4 min left (1 evaluation ahead)"  # 15 x 10 s + 100 s
+
+
+def test_the_estimate_uses_the_longest_evaluation_so_far(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("specialight.progress.time.perf_counter", lambda: now[0])
+    clock = RunClock()
+    now[0] += 300.0  # a full 300 s evaluation at step 0
+    clock.line({"step": 0, "examples": 0, "seconds": 300.0}, 40, 160)
+    now[0] += 100.0 + 10.0  # 10 steps of 10 s, then a 10 s likelihood-only evaluation
+    line = clock.line({"step": 10, "examples": 80, "seconds": 10.0}, 40, 160)
+    assert line == "step 10/40, about 15 min left (2 evaluations ahead)"  # 30 x 10 s + 2 x 300 s = 900 s

@@ -39,11 +39,13 @@ class RunClock:
     started: float = field(default_factory=lambda: time.perf_counter())
     evaluating: float = 0.0
     first_step: int = 0
+    longest: float = 0.0  # the longest evaluation so far: a full one, where likelihood-only ones come between
 
     def line(self, record: dict, max_steps: int, every_n_examples: int) -> str:
         """`describe` for an evaluation record just made (its ``seconds`` are counted as evaluation)."""
         self.evaluating += record["seconds"]
+        self.longest = max(self.longest, record["seconds"])
         steps = record["step"] - self.first_step
         per_step = (time.perf_counter() - self.started - self.evaluating) / steps if steps > 0 else 0.0
-        left = remaining(record["step"], max_steps, record["examples"], every_n_examples, per_step, record["seconds"])
+        left = remaining(record["step"], max_steps, record["examples"], every_n_examples, per_step, self.longest)
         return describe(record["step"], max_steps, left)
