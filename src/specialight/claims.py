@@ -20,11 +20,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from specialight.callbacks import EVALUATIONS_FILE
 from specialight.data.jsonl import DataError, read_jsonl
 from specialight.evaluation.intervals import paired_change
 from specialight.evaluation.suites import COMPOSITES
-
-EVALUATIONS_FILE = "evaluations.jsonl"
 
 
 @dataclass(frozen=True)
