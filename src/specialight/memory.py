@@ -6,29 +6,62 @@ of every size each step, so after a few steps most tensors live in the heap, and
 kept, not returned: resident memory grows well past what the step holds. A fixed threshold
 (``M_MMAP_THRESHOLD``, which also turns the adjustment off) sends every tensor of 64 KB or more to
 ``mmap``, returned on free. Measured in ``benchmarks/train_step.py`` (README, Benchmarks).
+
+The price is a page fault for every page of every such tensor. Generation allocates many short-lived
+tensors per token, and there the faults cost about a tenth of the wall time (README, Benchmarks), so
+`heap_allocation` serves an evaluation from the heap and hands the freed heap back afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
+from collections.abc import Iterator
 
 logger = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 MMAP_THRESHOLD_BYTES = 64 * 1024
+HEAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's ceiling for its own adjustment (64-bit DEFAULT_MMAP_THRESHOLD_MAX)
+_fixed = False  # whether `return_freed_memory` set the threshold in this process
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        libc = None
+    if libc is None or not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        logger.debug("no glibc mallopt here: the allocator keeps its defaults")
+        return None
+    return libc
 
 
 def return_freed_memory() -> bool:
     """Fix glibc's mmap threshold at 64 KB for this process; False (and nothing done) where the C library
     is not glibc or the user set ``MALLOC_MMAP_THRESHOLD_`` themselves."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    global _fixed
+    libc = None if "MALLOC_MMAP_THRESHOLD_" in os.environ else _libc()
+    if libc is None:
         return False
+    _fixed = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    return _fixed
+
+
+@contextlib.contextmanager
+def heap_allocation() -> Iterator[None]:
+    """Inside: blocks up to 32 MB come from the heap (no page fault per use). On exit the freed heap goes
+    back to the system (``malloc_trim``) and the 64 KB threshold returns. Does nothing unless
+    `return_freed_memory` fixed the threshold in this process."""
+    libc = _libc() if _fixed else None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, HEAP_THRESHOLD_BYTES)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        logger.debug("no glibc mallopt here: the allocator keeps its defaults")
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.malloc_trim(0)

@@ -34,6 +34,7 @@ from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ReferenceText, 
 from specialight.evaluation.results import Results, count, results_from_counts, score_records, write_results
 from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.suites import COMPOSITES, EvalItem, build_items, expand
+from specialight.memory import heap_allocation
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ class Evaluator:
     ) -> Results:
         """Generate and score this rank's share, combine every rank's, write files under ``out_dir`` (rank
         zero, when given) and return the results. ``kinds`` picks generation and/or likelihood suites."""
+        with heap_allocation():  # no page fault per token's tensors; freed memory returned afterwards
+            return self._run(out_dir, progress, context, kinds)
+
+    def _run(self, out_dir, progress, context, kinds) -> Results:
         rank, world = rank_and_world()
         records: list[dict] = []
         if "generation" in kinds and self.items():
