@@ -34,13 +34,13 @@ test-fast: $(STAMP) ## run the tests not marked slow
 demo: $(STAMP) ## specialize SmolLM2-135M on GSM8K offline (CPU), then draw the curves
 	$(BIN)/python -m specialight.demo
 
-reproduce-cpu: $(STAMP) ## the paper's trade-off on the full dev sets, 2 CPU cores (~2 h, not yet run whole): curves, selection.md, claims.md
+reproduce-cpu: $(STAMP) ## the paper's trade-off on the full dev sets, 2 CPU cores (78 min measured): curves, selection.md, claims.md
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml
 
 FORMATS_RUNS := runs/reproduce_cpu_formats
-reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-context-only, then zero-shot-only data (not yet timed)
-	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/in_context_only.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/in_context
-	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/zero_shot_only.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/zero_shot
+reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-context-only, then zero-shot-only data (~65 min estimated, not run)
+	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/in_context_only.yaml --config configs/reproduce_cpu_formats.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/in_context
+	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/zero_shot_only.yaml --config configs/reproduce_cpu_formats.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/zero_shot
 	$(BIN)/specialight claims --run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --in_context_run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --zero_shot_run $$(ls -d $(FORMATS_RUNS)/zero_shot/lightning_logs/version_* | tail -1) --out $(FORMATS_RUNS)/claims.md
 
 bench: $(STAMP) ## run every benchmark under benchmarks/ (each prints a JSON line last)
