@@ -130,7 +130,13 @@ class Evaluator:
         with heap_allocation():  # no page fault per token's tensors; freed memory returned afterwards
             return self._run(out_dir, progress, context, kinds)
 
-    def _run(self, out_dir, progress, context, kinds) -> Results:
+    def _run(
+        self,
+        out_dir: str | os.PathLike | None,
+        progress: bool,
+        context: Callable[[], contextlib.AbstractContextManager],
+        kinds: tuple[str, ...],
+    ) -> Results:
         rank, world = rank_and_world()
         records: list[dict] = []
         if "generation" in kinds and self.items():
