@@ -1,4 +1,5 @@
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,21 @@ def test_state_dict_holds_the_provenance_and_warns_when_resumed_data_changed(tin
         assert resumed.state_dict() == {"data_sha256": hashes}  # the files read now, not the checkpoint's
     assert f"changed since the checkpoint this run resumed from: {train}" in caplog.text
     assert "gone.jsonl" not in caplog.text  # not read by this run
+
+
+def test_gold_rationale_targets_end_with_the_answer_line(tiny_gpt2_dir, data_dir):
+    """Without teacher data, a CoT target is the gold rationale, ``The answer is X.`` and EOS, as in the
+    demonstrations and in the evaluation prompt (the answer line was once missing, so tuned models never
+    wrote it); the GSM8K dev loss reads the same targets."""
+    dm = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), formats={"zero_shot_cot": 1.0, "in_context_cot": 1.0}, limit=6
+    )
+    dm.setup("fit")
+    tokenizer = dm.encoder.tokenizer
+    examples = [dm.dataset[i] for i in range(len(dm.dataset))] + list(dm.val_dataloader().dataset)
+    assert len(examples) > 12
+    for encoded in examples:
+        target = [t for t in encoded["labels"] if t != IGNORE_INDEX]
+        assert target[-1] == tokenizer.eos_token_id
+        text = tokenizer.decode(target[:-1])
+        assert re.search(r"\nThe answer is [^\n]+\.$", text), text

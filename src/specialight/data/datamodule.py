@@ -120,7 +120,7 @@ class SpecializationDataModule(L.LightningDataModule):
         hp = self.hparams
         source = hp.teacher_data
         if source is None:
-            items = [Item(e, e.rationale) for e in pool]
+            items = [Item(e, None) for e in pool]  # the gold rationale, then its answer line
         else:
             by_id = {e.id: e for e in pool}
             path = Path(source)
@@ -264,7 +264,7 @@ class SpecializationDataModule(L.LightningDataModule):
         self._resumed_sha256 = state_dict.get("data_sha256")
 
     def _gold_loader(self, split: str) -> DataLoader:
-        items = [Item(e, e.rationale) for e in load_examples("gsm8k", split, self.hparams.data_dir)]
+        items = [Item(e, None) for e in load_examples("gsm8k", split, self.hparams.data_dir)]
         dataset = FormattedDataset(
             self.encoder, items, [(i, FORMATS.index("zero_shot_cot")) for i in range(len(items))]
         )

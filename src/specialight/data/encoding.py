@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Item:
-    """One source item: a question, its target rationale, and its row in the aligned targets if any."""
+    """One source item: a question, a teacher sample's text (its CoT target as written, answer line
+    included; ``None``: the gold rationale followed by ``The answer is X.``), and its row in the aligned
+    targets if any."""
 
     example: Example
     rationale: str | None
@@ -169,7 +171,8 @@ class FormattedDataset(Dataset):
         item_index, format_id = self.units[index]
         item, fmt = self.items[item_index], FORMATS[format_id]
         demos = self.encoder.builder.num_demonstrations if fmt.startswith("in_context") else 0
-        return len(item.example.question) * (1 + demos) + (len(item.rationale or "") if is_cot(fmt) else 20)
+        target = len(item.rationale or item.example.rationale or "") if is_cot(fmt) else 20
+        return len(item.example.question) * (1 + demos) + target
 
 
 def batch_examples(batch: dict[str, torch.Tensor]) -> int:
