@@ -17,9 +17,12 @@ PROBE = (
 )
 
 
-def probe(**env: str) -> list[str]:
+def probe(script: str = PROBE, *args: str, **env: str) -> list[str]:
+    """What ``script`` prints, run in a fresh process (the allocator's settings are process-wide)."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **env}
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=environment, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=environment, check=True
+    )
     return done.stdout.split()
 
 
@@ -80,23 +83,15 @@ def _has_mallinfo2() -> bool:
 needs_glibc_233 = pytest.mark.skipif(not _has_mallinfo2(), reason="the probe reads glibc >= 2.33's mallinfo2")
 
 
-def heap_probe(mode: str) -> list[str]:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(
-        [sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, env=environment, check=True
-    )
-    return done.stdout.split()
-
-
 @needs_glibc_233
 def test_evaluation_allocates_from_the_heap_and_returns_it_afterwards():
     """With the threshold fixed, an 8 MB block is mapped on its own, except inside `heap_allocation`; on
     exit the threshold is back and the 256 MB freed inside goes back to the system."""
-    assert heap_probe("fixed") == ["True", "1", "0", "1", "True"]
+    assert probe(HEAP_PROBE, "fixed") == ["True", "1", "0", "1", "True"]
 
 
 @needs_glibc_233
 def test_heap_allocation_leaves_an_unfixed_process_alone():
     """`specialight evaluate` never fixes the threshold: glibc's own adjustment survives (a 1 MB block
     comes from the heap after an 8 MB one was freed, as it would not under a fixed 64 KB threshold)."""
-    assert heap_probe("unfixed") == ["1", "0"]
+    assert probe(HEAP_PROBE, "unfixed") == ["1", "0"]

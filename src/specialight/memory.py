@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 MMAP_THRESHOLD_BYTES = 64 * 1024
 HEAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's ceiling for its own adjustment (64-bit DEFAULT_MMAP_THRESHOLD_MAX)
-_fixed = False  # whether `return_freed_memory` set the threshold in this process
+_fixed_by: ctypes.CDLL | None = None  # the C library, where `return_freed_memory` fixed its threshold
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -42,12 +42,12 @@ def _libc() -> ctypes.CDLL | None:
 def return_freed_memory() -> bool:
     """Fix glibc's mmap threshold at 64 KB for this process; False (and nothing done) where the C library
     is not glibc or the user set ``MALLOC_MMAP_THRESHOLD_`` themselves."""
-    global _fixed
+    global _fixed_by
     libc = None if "MALLOC_MMAP_THRESHOLD_" in os.environ else _libc()
-    if libc is None:
+    if libc is None or not libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
         return False
-    _fixed = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    return _fixed
+    _fixed_by = libc
+    return True
 
 
 @contextlib.contextmanager
@@ -55,7 +55,7 @@ def heap_allocation() -> Iterator[None]:
     """Inside: blocks up to 32 MB come from the heap (no page fault per use). On exit the freed heap goes
     back to the system (``malloc_trim``) and the 64 KB threshold returns. Does nothing unless
     `return_freed_memory` fixed the threshold in this process."""
-    libc = _libc() if _fixed else None
+    libc = _fixed_by
     if libc is None:
         yield
         return
