@@ -1,13 +1,27 @@
 """A benchmark added through the registry alone is loaded, listed, graded, evaluated and evaluated in training."""
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from specialight.cli import cli_main
 from specialight.data.answers import extract_answer, is_correct
-from specialight.data.registry import REGISTRY, Benchmark, jsonl_benchmark, register, unregister
+from specialight.data.registry import (
+    ENTRY_POINT_GROUP,
+    REGISTRY,
+    Benchmark,
+    jsonl_benchmark,
+    register,
+    register_entry_points,
+    unregister,
+)
 from specialight.data.tasks import DataError, load_examples
+from tests.conftest import ROOT
 
 TOY = {
     "dev": [("Tom has 3 apples and buys 4 more. How many apples does he have?", "7")] * 2
@@ -98,3 +112,76 @@ def test_a_registered_benchmark_suite_runs_in_periodic_evaluation(toy_dir, tiny_
     trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
     assert [r["step"] for r in evaluation.history] == [0, 2]
     assert all(r["n"]["toy_dev"] == 3 and 0 <= r["scores"]["toy_dev"] <= 100 for r in evaluation.history)
+
+
+def install_plugin(folder: Path, module: str, source: str, entry_points: dict[str, str], group: str) -> None:
+    """A distribution ``<module>`` on ``folder`` as pip leaves it: its module, and a dist-info folder whose
+    ``entry_points.txt`` declares ``entry_points`` under ``group``."""
+    (folder / f"{module}.py").write_text(source)
+    info = folder / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}")
+
+
+TOY_PLUGIN = """
+from specialight.data.registry import jsonl_benchmark
+
+TOY = jsonl_benchmark("toy", {"dev": "toy/dev.jsonl", "test": "toy/test.jsonl"})
+"""
+
+
+def test_the_command_knows_a_benchmark_an_installed_package_declares(toy_dir, tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    install_plugin(site, "toy_bench", TOY_PLUGIN, {"toy": "toy_bench:TOY"}, ENTRY_POINT_GROUP)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT / "src")]))
+    command = [sys.executable, "-m", "specialight.cli", "data", "--data-dir", str(toy_dir)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert any(line.split() == ["toy", "dev", "3"] for line in lines)
+    assert any(line.split() == ["toy", "test", "1"] for line in lines)
+
+
+PLUGIN_KINDS = """
+from specialight.data.registry import jsonl_benchmark
+
+ONE = jsonl_benchmark("plug_one", {"test": "one.jsonl"})
+NUMBER = 3
+TAKEN = jsonl_benchmark("gsm8k", {"test": "x.jsonl"})
+
+
+def several():
+    return (jsonl_benchmark(name, {"test": name + ".jsonl"}) for name in ("plug_two", "plug_three"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry_points", "error"),
+    [
+        ({"one": "{module}:ONE", "several": "{module}:several"}, None),
+        ({"number": "{module}:NUMBER"}, r"entry point number = '{module}:NUMBER' .* gave int"),
+        ({"gone": "{module}:GONE"}, "entry point gone = .* failed to load: AttributeError"),
+        ({"taken": "{module}:TAKEN"}, "entry point taken = .*: a benchmark named 'gsm8k' is already"),
+    ],
+)
+def test_entry_points_register_a_benchmark_or_several_and_a_bad_one_is_named(
+    entry_points, error, tmp_path, monkeypatch
+):
+    module = "plugin_" + re.sub(r"\W", "_", tmp_path.name)  # a module name of its own for each case
+    group = "specialight.test_benchmarks"
+    install_plugin(tmp_path, module, PLUGIN_KINDS, {k: v.format(module=module) for k, v in entry_points.items()}, group)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = dict(REGISTRY)
+    try:
+        if error is None:
+            assert register_entry_points(group) == ["plug_one", "plug_two", "plug_three"]
+            assert REGISTRY["plug_three"].splits == ("test",)
+        else:
+            with pytest.raises(ValueError, match=error.format(module=module)):
+                register_entry_points(group)
+            assert REGISTRY == before
+    finally:
+        for name in set(REGISTRY) - set(before):
+            unregister(name)

@@ -10,12 +10,21 @@ needs only `register`; `jsonl_benchmark` defines one kept as a JSONL file per sp
 
 after which ``toy`` loads with `load_examples`, is listed by ``specialight data`` and is evaluated by
 the suites ``toy_dev`` and ``toy_test`` (and their ``_zero_shot`` variants) like the math benchmarks.
+
+For the ``specialight`` command (and every other consumer) to know it without a line of Python, an installed
+package declares it under the entry-point group ``specialight.benchmarks`` (`ENTRY_POINT_GROUP`), naming a
+`Benchmark` or a function that returns one or several; `specialight.data.tasks` registers them after the
+built-ins::
+
+    [project.entry-points."specialight.benchmarks"]
+    toy = "toy_bench:TOY"
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from specialight.data.examples import Example, field_of
@@ -88,6 +97,32 @@ def register(benchmark: Benchmark, replace: bool = False) -> Benchmark:
 def unregister(name: str) -> Benchmark:
     """Remove the benchmark ``name`` from the registry and return it."""
     return REGISTRY.pop(name)
+
+
+ENTRY_POINT_GROUP = "specialight.benchmarks"
+
+
+def register_entry_points(group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """Register the benchmarks that installed packages declare under the entry-point group ``group``; returns
+    their names. An entry point names a `Benchmark`, or a function returning a `Benchmark` or an iterable of
+    them. One that fails to load, names something else or takes a registered name raises, naming it."""
+    names: list[str] = []
+    for point in entry_points(group=group):
+        where = f"entry point {point.name} = {point.value!r} (group {group})"
+        try:
+            target = point.load()
+            found = target() if callable(target) else target
+        except Exception as error:
+            raise ValueError(f"{where} failed to load: {error!r}") from error
+        benchmarks = [found] if isinstance(found, Benchmark) or not isinstance(found, Iterable) else list(found)
+        if not all(isinstance(benchmark, Benchmark) for benchmark in benchmarks):
+            raise ValueError(f"{where} gave {type(found).__name__}; expected a Benchmark or an iterable of them")
+        for benchmark in benchmarks:
+            try:
+                names.append(register(benchmark).name)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from error
+    return names
 
 
 @dataclass(frozen=True)

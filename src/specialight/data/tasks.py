@@ -39,7 +39,7 @@ from specialight.data.examples import (
     svamp_question,
 )
 from specialight.data.jsonl import DataError, need, read_jsonl
-from specialight.data.registry import REGISTRY, Benchmark, register
+from specialight.data.registry import REGISTRY, Benchmark, register, register_entry_points
 
 BBH_TASKS: tuple[str, ...] = (
     "boolean_expressions",
@@ -223,6 +223,8 @@ BBH = register(
         subtasks=BBH_TASKS,
     )
 )
+
+register_entry_points()  # installed packages' benchmarks, after the built-ins
 
 
 def benchmark_of(task: str) -> Benchmark:
