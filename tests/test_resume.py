@@ -75,23 +75,30 @@ def without_timing(selection: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_a_killed_fit_resumes_from_last_with_the_same_batches_and_each_evaluation_once(
-    tiny_gpt2_dir, data_dir, tmp_path
+@pytest.mark.parametrize(
+    ("kill_at", "resume_from", "resume_step"),
+    [
+        (6, "checkpoints/last.ckpt", 4),  # after step 6's evaluation: last.ckpt holds step 4, best.ckpt step 3
+        (3, "best.ckpt", 3),  # after the first selection, before any last.ckpt: best.ckpt is the newest
+    ],
+)
+def test_a_killed_fit_resumes_from_its_newest_checkpoint_with_the_same_batches_and_each_evaluation_once(
+    tiny_gpt2_dir, data_dir, tmp_path, kill_at, resume_from, resume_step
 ):
     run_lightning_cli(fit_args(tiny_gpt2_dir, data_dir, tmp_path / "whole", tmp_path / "whole-steps"))
     whole_run = tmp_path / "whole" / "lightning_logs" / "version_0"
 
-    # SIGKILL at the end of step 6, after its evaluation: last.ckpt holds step 4, evaluations.jsonl step 6
     killed = cli(
         *fit_args(tiny_gpt2_dir, data_dir, tmp_path / "runs", tmp_path / "first"),
         "--trainer.callbacks+=tests.helpers.StopAt",
-        "--trainer.callbacks.step=6",
+        f"--trainer.callbacks.step={kill_at}",
         cwd=tmp_path,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
-    assert [e["step"] for e in evaluations(run)] == [0, 3, 6]
+    assert find_resumable(tmp_path / "runs") == run / resume_from
+    assert torch.load(run / resume_from, weights_only=False)["global_step"] == resume_step
+    assert [e["step"] for e in evaluations(run)] == list(range(0, kill_at + 1, 3))
 
     resumed = cli(
         *fit_args(tiny_gpt2_dir, data_dir, tmp_path / "runs", tmp_path / "second"), "--ckpt_path", "last", cwd=tmp_path
@@ -100,9 +107,9 @@ def test_a_killed_fit_resumes_from_last_with_the_same_batches_and_each_evaluatio
     assert list((tmp_path / "runs" / "lightning_logs").iterdir()) == [run]  # the same folder, no version_1
 
     first, second, whole = (read_steps(tmp_path / name) for name in ("first", "second", "whole-steps"))
-    assert [s["step"] for s in first] == list(range(1, 7))
-    assert [s["step"] for s in second] == list(range(5, 11))
-    assert [s["units"] for s in first[:4] + second] == [s["units"] for s in whole]
+    assert [s["step"] for s in first] == list(range(1, kill_at + 1))
+    assert [s["step"] for s in second] == list(range(resume_step + 1, 11))
+    assert [s["units"] for s in first[:resume_step] + second] == [s["units"] for s in whole]
 
     assert [e["step"] for e in evaluations(run)] == [0, 3, 6, 9, 10]
     assert [e["scores"] for e in evaluations(run)] == [e["scores"] for e in evaluations(whole_run)]

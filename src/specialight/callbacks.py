@@ -265,8 +265,9 @@ class ModelSelection(L.Callback):
             return
         if self.best is None or self._better(value, self.best["value"]):
             path = log_dir(trainer) / self.filename
-            trainer.save_checkpoint(path)
+            # chosen before the save: the file is a resume point whose own state names it the best
             self.best = {"step": record["step"], "examples": record["examples"], "value": value, "path": str(path)}
+            trainer.save_checkpoint(path)
 
     def choose(self, metric: str) -> dict[str, Any] | None:
         """The evaluation record that ``metric`` selects among the candidates (first best on ties)."""

@@ -12,7 +12,8 @@ of ``fit``) is read as every batch here.
 Resuming after a crash: unless a config turns checkpointing off (``trainer.enable_checkpointing: false``)
 or brings its own ``ModelCheckpoint``, ``fit`` keeps ``<run>/checkpoints/last.ckpt``, written every
 ``checkpoint_every_n_steps`` optimizer steps, when training raises and when it ends. ``fit --ckpt_path
-last`` picks the newest ``last.ckpt`` under ``trainer.default_root_dir`` or the logger's ``save_dir`` (a
+last`` picks the newest ``last.ckpt`` or ``best.ckpt`` (`ModelSelection`'s, written after an evaluation,
+possibly after the last ``last.ckpt``) under ``trainer.default_root_dir`` or the logger's ``save_dir`` (a
 fresh start, with a warning, when there is none), and a resumed run goes on writing in the checkpoint's
 own run folder (TensorBoard or CSV logger), so its ``evaluations.jsonl``, ``best.ckpt`` and
 ``selection.md`` continue where they were.
@@ -62,9 +63,16 @@ class LastCheckpoint(ModelCheckpoint):
             trainer.save_checkpoint(self.last_model_path or Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}.ckpt")
 
 
-def find_resumable(root: str | Path) -> Path | None:
-    """The newest ``last.ckpt`` under ``root`` (a file, or a sharded checkpoint's folder), or ``None``."""
-    found = [path for path in Path(root).rglob("last.ckpt") if path.is_file() or (path / "meta.pt").is_file()]
+def find_resumable(root: str | Path, names: Sequence[str] = ("last.ckpt", "best.ckpt")) -> Path | None:
+    """The newest checkpoint named one of ``names`` under ``root`` (a file, or a sharded checkpoint's folder),
+    or ``None``.
+
+    ``best.ckpt`` (`ModelSelection`'s) is a whole trainer checkpoint too, written right after its evaluation:
+    after a crash it can be newer than ``last.ckpt``, and resuming from the older one would redo that
+    evaluation with ``best.ckpt`` already holding its weights."""
+    found = [
+        path for name in names for path in Path(root).rglob(name) if path.is_file() or (path / "meta.pt").is_file()
+    ]
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
@@ -115,7 +123,9 @@ class SpecializationCLI(LightningCLI):
             roots = search_roots(config["trainer"])
             found = max(filter(None, map(find_resumable, roots)), key=lambda p: p.stat().st_mtime, default=None)
             if found is None:
-                logger.warning("--ckpt_path last: no last.ckpt under %s; starting from scratch", " or ".join(roots))
+                logger.warning(
+                    "--ckpt_path last: no last.ckpt or best.ckpt under %s; starting from scratch", " or ".join(roots)
+                )
             else:
                 logger.info("--ckpt_path last: resuming from %s", found)
             config["ckpt_path"] = str(found) if found else None
