@@ -78,3 +78,48 @@ def test_selection_table_shows_intervals_and_reads_records_without_them():
     table = selection_table({"first": old, "selections": {"eval/mas_dev": new}, "last": new})
     assert "| before training | 0 | 0 | 10.0 |" in table
     assert "| selected by mas_dev | 2 | 16 | 12.5 [4.3-31.0] n=24 |" in table
+
+
+@pytest.mark.parametrize("monitor_first", [True, False])
+def test_throughput_monitor_leaves_the_evaluations_out_of_training_time(
+    monitor_first, tiny_gpt2_dir, data_dir, tmp_path, monkeypatch
+):
+    import time
+
+    from lightning.pytorch.callbacks import ThroughputMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    from specialight.callbacks import PeriodicEvaluation
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.data.encoding import batch_examples
+    from specialight.evaluation.evaluator import Evaluator
+    from specialight.evaluation.settings import EvalSettings
+    from tests.helpers import quiet_trainer
+
+    run, clock, skipped = Evaluator.run, time.perf_counter, [0.0]
+
+    def slow_run(self, *args, **kwargs):  # each evaluation takes 100 s more by the clock every timer reads
+        skipped[0] += 100.0
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "run", slow_run)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock() + skipped[0])
+    settings = EvalSettings(suites=["svamp_dev"], limit=1, max_new_tokens=1, data_dir=str(data_dir))
+    evaluation = PeriodicEvaluation(settings, every_n_examples=4)  # steps 0 to 4: 5 evaluations, 500 s
+    monitor = ThroughputMonitor(batch_size_fn=batch_examples)
+    trainer = quiet_trainer(
+        4,
+        [monitor, evaluation] if monitor_first else [evaluation, monitor],
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+    )
+    datamodule = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), limit=8, batch_size=4, formats={"zero_shot_cot": 1.0}
+    )
+    trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
+    assert [r["step"] for r in evaluation.history] == [0, 1, 2, 3, 4]
+    rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    times = [float(v) for row in rows[1:] if (v := row.split(",")[header.index("train/time")])]
+    assert len(times) == 4 and times == sorted(times)
+    assert times[-1] < 100  # four tiny training steps, none of the evaluations' 500 s

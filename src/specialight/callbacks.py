@@ -27,8 +27,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 from specialight.evaluation.evaluator import Evaluator
 from specialight.evaluation.settings import EvalSettings
@@ -57,6 +58,17 @@ def log_dir(trainer: L.Trainer) -> Path:
     folder = Path(trainer.strategy.broadcast(str(folder), src=0))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _leave_out_of_throughput(trainer: L.Trainer, started: float, seconds: float) -> None:
+    """Move each `ThroughputMonitor`'s training clock on by an evaluation's ``seconds`` (begun at
+    ``started``, ``perf_counter``), so that its ``train/*`` rates measure training alone, as Lightning does for
+    its own validation loop; a clock started after ``started`` did not count the evaluation."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ThroughputMonitor):
+            clock = callback._t0s.get(RunningStage.TRAINING)
+            if clock is not None and clock <= started:
+                callback._t0s[RunningStage.TRAINING] = clock + seconds
 
 
 class PeriodicEvaluation(L.Callback):
@@ -167,6 +179,7 @@ class PeriodicEvaluation(L.Callback):
             for callback in trainer.callbacks:
                 if isinstance(callback, ModelSelection):
                     callback.on_evaluation(trainer, pl_module, record)
+        _leave_out_of_throughput(trainer, started, time.perf_counter() - started)
         return record
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
