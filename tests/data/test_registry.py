@@ -127,6 +127,7 @@ def install_plugin(folder: Path, module: str, source: str, entry_points: dict[st
 
 TOY_PLUGIN = """
 from specialight.data.registry import jsonl_benchmark
+from specialight.data.tasks import load_examples  # a plugin may use the loaders: registered after them
 
 TOY = jsonl_benchmark("toy", {"dev": "toy/dev.jsonl", "test": "toy/test.jsonl"})
 """

@@ -224,8 +224,6 @@ BBH = register(
     )
 )
 
-register_entry_points()  # installed packages' benchmarks, after the built-ins
-
 
 def benchmark_of(task: str) -> Benchmark:
     """The registered benchmark that ``task`` belongs to, or `DataError` naming the known tasks."""
@@ -298,3 +296,6 @@ def split_table(data_dir: str | os.PathLike | None = None) -> list[tuple[str, st
                 for style in BBH.suites:
                     load_bbh_prompt(task, style, data_dir)
     return rows
+
+
+register_entry_points()  # installed packages' benchmarks, after the built-ins (a plugin may import this module)
