@@ -78,6 +78,8 @@ def test_selection_table_shows_intervals_and_reads_records_without_them():
     table = selection_table({"first": old, "selections": {"eval/mas_dev": new}, "last": new})
     assert "| before training | 0 | 0 | 10.0 |" in table
     assert "| selected by mas_dev | 2 | 16 | 12.5 [4.3-31.0] n=24 |" in table
+    later = selection_table({"first": new, "selections": {"eval/mas_dev": new}, "last": new})
+    assert "| first evaluation | 2 | 16 |" in later and "before training" not in later  # no step-0 evaluation
 
 
 @pytest.mark.parametrize("monitor_first", [True, False])

@@ -49,6 +49,12 @@ def test_closing_table_reads_records_without_intervals():
     assert table.splitlines()[2].split() == ["mas_dev", "?", "10.0", "10.0", "10.0"]
 
 
+def test_closing_table_of_a_run_first_evaluated_after_training_says_first_not_before():
+    end = _record(60, 2)
+    table = closing_table({"first": end, "last": end, "monitor": "eval/mas_dev", "selections": {}})
+    assert table.splitlines()[0].split() == ["metric", "n", "first", "selected", "end"]
+
+
 def test_intervals():
     low, high = accuracy_interval(0, 12)
     assert low == pytest.approx(0.0, abs=1e-9) and 24.0 < high < 24.5  # Wilson: not degenerate at 0 of n

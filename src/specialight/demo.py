@@ -36,8 +36,9 @@ def closing_table(selection: dict) -> str:
     its 95% interval, and n, the examples behind it."""
     first, last = selection["first"], selection["last"]
     chosen = selection["selections"].get(selection["monitor"], last)
+    before = "before" if first["step"] == 0 else "first"
     lines = [
-        f"{'metric':<16} {'n':>5} {'before':>18} {'selected':>18} {'end':>18}",
+        f"{'metric':<16} {'n':>5} {before:>18} {'selected':>18} {'end':>18}",
         f"{'(step)':<16} {'':>5} {first['step']:>18} {chosen['step']:>18} {last['step']:>18}",
     ]
     for metric in METRICS:
@@ -48,7 +49,7 @@ def closing_table(selection: dict) -> str:
     lines.append("accuracy % [95% interval]; n examples per evaluation")
     likelihood = sorted(last.get("nll", {}))
     if likelihood:
-        lines += ["", f"{'likelihood':<24} {'n':>4} {'before':>22} {'end':>22} {'change (paired)':>24}"]
+        lines += ["", f"{'likelihood':<24} {'n':>4} {before:>22} {'end':>22} {'change (paired)':>24}"]
         for suite in likelihood:
             change = last.get("nll_change", {}).get(suite)
             cells = [_nll_cell(r.get("nll", {}).get(suite)) for r in (first, last)] + [_nll_cell(change)]

@@ -45,10 +45,16 @@ def score_cell(record: dict[str, Any], metric: str) -> str:
     return text + (f" n={count}" if count is not None else "")
 
 
+def first_label(record: dict[str, Any]) -> str:
+    """What a run's first evaluation was: ``before training`` at step 0, else (a run evaluated only later,
+    as reproduce-cpu-formats' arms) ``first evaluation``."""
+    return "before training" if record["step"] == 0 else "first evaluation"
+
+
 def selection_table(summary: dict[str, Any]) -> str:
     """The paper's Table 3 as markdown: per selection criterion, the chosen step and its scores (95%
     interval, n); the first and last evaluations for reference."""
-    rows = [("before training", summary["first"])]
+    rows = [(first_label(summary["first"]), summary["first"])]
     rows += [
         (f"selected by {metric.removeprefix('eval/')}", record) for metric, record in summary["selections"].items()
     ]
