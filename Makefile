@@ -38,7 +38,7 @@ reproduce-cpu: $(STAMP) ## the paper's claims (a) and (d) on the full dev sets, 
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml
 
 FORMATS_RUNS := runs/reproduce_cpu_formats
-reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-context-only, then zero-shot-only data (zero-shot arm 18 min measured, in-context arm ~45 min estimated)
+reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-context-only, then zero-shot-only data (44 min measured: 26 + 18)
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/in_context_only.yaml --config configs/reproduce_cpu_formats.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/in_context
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/zero_shot_only.yaml --config configs/reproduce_cpu_formats.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/zero_shot
 	$(BIN)/specialight claims --run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --in_context_run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --zero_shot_run $$(ls -d $(FORMATS_RUNS)/zero_shot/lightning_logs/version_* | tail -1) --out $(FORMATS_RUNS)/claims.md
