@@ -46,7 +46,8 @@ def main() -> None:
     from specialight.align.markers import surfaces
     from specialight.align.offsets import common_text, offsets_path
     from specialight.align.project import one_to_one_pairs
-    from specialight.align.run import AlignSettings, run_align
+    from specialight.align.run import run_align
+    from specialight.align.settings import AlignSettings
     from specialight.data.formats import answer_target
     from specialight.data.records import TeacherSample
     from specialight.data.tasks import load_examples

@@ -93,9 +93,9 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
+    from specialight.core.models import load_student, load_tokenizer, resolve_model
     from specialight.evaluation.generation import generate
     from specialight.evaluation.suites import build_items
-    from specialight.models import load_student, load_tokenizer, resolve_model
 
     data_dir = os.environ.get("SPECIALIGHT_DATA_DIR", str(SHARED / "data"))
     tokenizer = load_tokenizer(resolve_model(args.model or "smollm2"))

@@ -60,10 +60,17 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
 
+    from specialight.core.models import (
+        SMOLLM2_ID,
+        cache_dir,
+        load_student,
+        load_tokenizer,
+        packaged_gguf,
+        resolve_model,
+    )
     from specialight.evaluation.evaluator import Evaluator
     from specialight.evaluation.server import ServerCompleter
     from specialight.evaluation.settings import EvalSettings
-    from specialight.models import SMOLLM2_ID, cache_dir, load_student, load_tokenizer, packaged_gguf, resolve_model
 
     configured = os.environ.get("SPECIALIGHT_LLAMA_SERVER")
     binary = Path(configured) if configured else cache_dir() / "llama-server" / "llama-server"

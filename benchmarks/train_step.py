@@ -13,7 +13,7 @@ Each (model, path, loss) case runs in a fresh child process, so that no case see
 ``logits_to_keep`` for the decoder, then the loss on them: `SpecializationLoss.from_logits`) with
 malloc's defaults; ``chunked`` the module's path (`SpecializationModule.batch_loss`: hidden states, then
 the loss chunk by chunk) with the allocator setting `specialight fit` applies
-(`specialight.memory.return_freed_memory`).
+(`specialight.core.memory.return_freed_memory`).
 
 Method. The child imports everything and reads its resident memory (RSS) as the zero point, loads the
 model, creates AdamW's state once (a step on zero gradients, so the measured step is a steady-state
@@ -166,9 +166,9 @@ def child(kind: str, path: str, loss_name: str, folder: str, rows: int) -> dict:
     """One case, measured in this (fresh) process."""
     import torch
 
-    from specialight.losses import DistributionMatching, SampleMatching
-    from specialight.memory import return_freed_memory
-    from specialight.module import SpecializationModule
+    from specialight.core.memory import return_freed_memory
+    from specialight.training.losses import DistributionMatching, SampleMatching
+    from specialight.training.module import SpecializationModule
 
     if path == "chunked":  # what `specialight fit` and the demo do now; today's path keeps malloc's defaults
         return_freed_memory()

@@ -19,9 +19,9 @@ import re
 
 import torch
 
+from specialight.core.models import load_student, load_tokenizer
 from specialight.evaluation.likelihood import ReferenceText, build_texts, paired_difference, summarize, token_nlls
-from specialight.models import load_student, load_tokenizer
-from specialight.module import SpecializationModule
+from specialight.training.module import SpecializationModule
 
 ANSWER = re.compile(r"\s*So the answer is[^\n]*$")
 

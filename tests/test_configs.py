@@ -31,7 +31,7 @@ def test_paper_recipe_per_size(size, capsys):
     config = printed(capsys, PAPER / "recipe.yaml", PAPER / f"{size}.yaml")
     model, data, trainer = config["model"], config["data"], config["trainer"]
     assert model["model_name_or_path"] == name
-    assert model["loss"]["class_path"] == "specialight.losses.DistributionMatching"
+    assert model["loss"]["class_path"] == "specialight.training.losses.DistributionMatching"
     assert (model["learning_rate"], model["weight_decay"], model["warmup"], model["cosine_horizon"]) == (
         5e-4,
         0.01,

@@ -11,7 +11,7 @@ whole config with ``--print_config``.
     specialight plan     --configs [configs/paper/recipe.yaml,configs/paper/flan_t5_xl.yaml]
     specialight export   --ckpt RUN/best.ckpt --out DIR
 
-``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (`specialight.training`); the other
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (`specialight.training.cli`); the other
 stages are the typed functions of `specialight.commands`, their parameters and docstrings read by
 jsonargparse (a settings dataclass's fields become options beside the function's). Lists are written
 ``--suites [a,b]`` (or ``--suites+ a``), booleans ``--score`` or ``--score false``; ``--max-new-tokens``
@@ -114,7 +114,7 @@ def cli_main(args: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     setup_logging()
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        from specialight.training import run_lightning_cli
+        from specialight.training.cli import run_lightning_cli
 
         run_lightning_cli(argv)
         return 0

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from specialight.align.run import AlignSettings
+from specialight.align.settings import AlignSettings
 from specialight.evaluation.settings import EvalSettings
 from specialight.teacher.distill import DistillSettings
 
@@ -143,8 +143,8 @@ def evaluate(
             raise SystemExit("specialight evaluate: --base_url and --served_model go together")
         from transformers import AutoConfig
 
+        from specialight.core.models import load_tokenizer, resolve_model
         from specialight.evaluation.server import ServerCompleter
-        from specialight.models import load_tokenizer, resolve_model
 
         source = resolve_model(model or served_model)
         completer = ServerCompleter(
@@ -173,7 +173,7 @@ def plot(logdir: list[str] | str, out: str) -> int:
         logdir: a run folder (or a folder of runs) holding evaluations.jsonl, or a list of them.
         out: PNG file for the curves (a _scaling PNG is added beside it).
     """
-    from specialight.plots import plot_runs
+    from specialight.reporting.plots import plot_runs
 
     for path in plot_runs([logdir] if isinstance(logdir, str) else logdir, out):
         sys.stdout.write(f"wrote {path}\n")
@@ -187,8 +187,8 @@ def plan(configs: list[str] | str, device_memory: float = 80.0) -> int:
         configs: training config, or a list of them overlaid in order (as fit overlays its --config files).
         device_memory: memory of one device in GiB.
     """
-    from specialight.plan import format_plan, load_config
-    from specialight.plan import plan as plan_memory
+    from specialight.training.plan import format_plan, load_config
+    from specialight.training.plan import plan as plan_memory
 
     paths = [configs] if isinstance(configs, str) else configs
     parameters, rows = plan_memory(load_config(paths), device_memory)
@@ -208,7 +208,7 @@ def export(
         dtype: weights' dtype in the folder (default: as trained).
         overwrite: replace an existing out folder.
     """
-    from specialight.export import export_checkpoint
+    from specialight.training.export import export_checkpoint
 
     sys.stdout.write(f"wrote {export_checkpoint(ckpt, out, dtype=dtype, overwrite=overwrite)}\n")
     return 0
@@ -225,7 +225,7 @@ def claims(
         zero_shot_run: the Fig. 4 arm tuned on zero-shot data only (claim c).
         out: where to write it (default: RUN/claims.md).
     """
-    from specialight.claims import claims_markdown
+    from specialight.reporting.claims import claims_markdown
 
     arms = (Path(in_context_run), Path(zero_shot_run)) if in_context_run and zero_shot_run else (None, None)
     text = claims_markdown(Path(run), *arms)

@@ -2,7 +2,7 @@
 
 Runs ``specialight fit`` on the config(s) (default ``configs/demo.yaml``: SmolLM2-135M-Instruct on the gold
 GSM8K rationales, evaluated before training and at the end), draws the curves with ``specialight
-plot``, writes ``claims.md`` (`specialight.claims`), and prints each metric before training, at the
+plot``, writes ``claims.md`` (`specialight.reporting.claims`), and prints each metric before training, at the
 checkpoint selected on M-A-S dev and at the end, then the likelihood suites before and after with the
 paired change.
 """
@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from specialight.claims import claims_markdown
 from specialight.cli import setup_logging
-from specialight.models import resolve_model
+from specialight.core.models import resolve_model
+from specialight.reporting.claims import claims_markdown
 
 METRICS = ("gsm8k_dev", "multiarith_dev", "asdiv_dev", "svamp_dev", "mas_dev", "bbh_ao", "bbh_cot")
 
@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     setup_logging()
     started = time.perf_counter()
-    from specialight.training import run_lightning_cli
+    from specialight.training.cli import run_lightning_cli
 
     resolve_model("smollm2-135m-instruct")  # the one-time GGUF conversion, before the clock of the run
     cli = run_lightning_cli(["fit", *(f"--config={c}" for c in args.config or ["configs/demo.yaml"]), *overrides])
     run = Path(cli.trainer.log_dir)
-    from specialight.plots import plot_runs
+    from specialight.reporting.plots import plot_runs
 
     curves = plot_runs([run], run / "curves.png")
     selection = json.loads((run / "selection.json").read_text())

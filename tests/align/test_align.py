@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specialight.align import align_path, align_tokens
 from specialight.align.markers import surface, surfaces
+from specialight.align.paths import align_path, align_tokens
 from tests.align.reference_dp import edit_distance, reference_path
 
 tokens = st.lists(st.text(alphabet="ab c1\n", min_size=0, max_size=4), min_size=1, max_size=12)

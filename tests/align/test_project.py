@@ -17,8 +17,10 @@ from specialight.align.project import (
     project,
     same_token,
 )
-from specialight.align.run import AlignSettings, load_targets, run_align
+from specialight.align.run import run_align
+from specialight.align.settings import AlignSettings
 from specialight.cli import cli_main
+from specialight.core.targets import load_targets
 from specialight.data.records import TeacherSample, read_samples
 from specialight.data.tasks import DataError
 
@@ -133,8 +135,8 @@ def test_no_teacher_mass_where_the_tokens_differ(student, confident_samples, tmp
     path pairs it one-to-one with a teacher token of the same text."""
     from transformers import AutoTokenizer
 
-    from specialight.align import align_path
     from specialight.align.markers import surfaces, tokenizer_scheme
+    from specialight.align.paths import align_path
     from tests.conftest import TOKENIZERS
 
     folder = str(TOKENIZERS / "t5") if student == "t5" else str(SMOLLM2)
@@ -171,7 +173,7 @@ def test_no_teacher_mass_where_the_tokens_differ(student, confident_samples, tmp
 
 
 def test_offsets_aligner_reads_the_newline_stand_in():
-    from specialight.align import align_path, choose_method
+    from specialight.align.paths import align_path, choose_method
 
     teacher, student = ["Two", ".", "\n", "She", " ran"], [" Two", ".", " |", " She", " ran"]
     assert choose_method(teacher, student, "auto") == "dp"

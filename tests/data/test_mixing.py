@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from specialight.core.constants import IGNORE_INDEX
 from specialight.data.datamodule import SpecializationDataModule
 from specialight.data.formats import FORMATS, answer_target, newline_separator, render
 from specialight.data.mixing import epoch_units
 from specialight.data.records import TeacherSample
 from specialight.data.tasks import DataError, load_examples
-from specialight.losses import IGNORE_INDEX
 
 ALL_FORMATS = {fmt: 1.0 for fmt in FORMATS}
 

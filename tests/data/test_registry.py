@@ -87,10 +87,10 @@ def test_a_registered_benchmark_is_evaluated(toy_dir, tiny_gpt2_dir, tmp_path_fa
 def test_a_registered_benchmark_suite_runs_in_periodic_evaluation(toy_dir, tiny_gpt2_dir, data_dir, tmp_path_factory):
     import lightning as L
 
-    from specialight.callbacks import PeriodicEvaluation
     from specialight.data.datamodule import SpecializationDataModule
     from specialight.evaluation.settings import EvalSettings
-    from specialight.module import SpecializationModule
+    from specialight.training.callbacks import PeriodicEvaluation
+    from specialight.training.module import SpecializationModule
 
     settings = EvalSettings(suites=["toy_dev"], max_new_tokens=2, data_dir=str(toy_dir))
     evaluation = PeriodicEvaluation(settings, every_n_examples=8)

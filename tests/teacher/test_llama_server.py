@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from specialight.core.models import SMOLLM2_ID, cache_dir, packaged_gguf
 from specialight.data.records import read_samples
 from specialight.data.tasks import load_examples
-from specialight.models import SMOLLM2_ID, cache_dir, packaged_gguf
 from specialight.teacher.backends import OpenAITeacher, TeacherError
 from specialight.teacher.distill import DistillSettings, run_distill
 from tests.conftest import DATA_DIR, ROOT

@@ -1,11 +1,7 @@
 """``specialight align``: teacher samples (JSONL) -> student targets (a memory-mappable Arrow file).
 
-The output folder holds ``targets.arrow`` (Arrow IPC stream, one row per kept sample; open it with
-`load_targets`) and ``summary.json``. Columns: ``question_id``, ``sample_index``, ``text`` (the sample as
-the student sees it), ``answer``, ``correct``, ``top_k`` (the teacher's k), ``target_width`` (``top_k + 1``:
-the top-k and a slot for the sampled token), ``input_ids`` ``[L]``, ``topk_ids`` and ``topk_probs``
-``[L * target_width]`` (row-major), ``target_kind`` ``[L]`` (index into `specialight.align.project.KINDS`),
-``method`` (the aligner the sample took).
+The output folder holds ``targets.arrow`` (its schema and reader: `specialight.core.targets`) and
+``summary.json``.
 
 ``summary.json`` gives the share of student positions of each target kind (teacher distribution, one-to-one
 but different tokens, not one-to-one) and the share of samples that took each aligner.
@@ -21,60 +17,21 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from specialight.align import align_path, choose_method
 from specialight.align.markers import surfaces, tokenizer_scheme
+from specialight.align.paths import align_path, choose_method
 from specialight.align.project import KINDS, VocabularyMap, layout_spaces, project
+from specialight.align.settings import AlignSettings
+from specialight.core.constants import TARGETS_FILE
+from specialight.core.targets import SCHEMA
 from specialight.data.formats import newline_separator, render
 from specialight.data.records import TeacherSample, parse_sample, sample_files
 
 logger = logging.getLogger(__name__)
-TARGETS_FILE = "targets.arrow"
-SCHEMA = pa.schema(
-    [
-        ("question_id", pa.string()),
-        ("sample_index", pa.int32()),
-        ("text", pa.string()),
-        ("answer", pa.string()),
-        ("correct", pa.bool_()),
-        ("top_k", pa.int32()),
-        ("target_width", pa.int32()),
-        ("input_ids", pa.list_(pa.int32())),
-        ("topk_ids", pa.list_(pa.int32())),
-        ("topk_probs", pa.list_(pa.float32())),
-        ("target_kind", pa.list_(pa.int8())),
-        ("method", pa.string()),
-    ]
-)
-
-
-@dataclass
-class AlignSettings:
-    """What `align_sample` needs besides the sample; picklable for worker processes.
-
-    Args:
-        student_tokenizer: student tokenizer: a local folder or a hub id.
-        method: auto: exact offsets where both spell the same text, the paper's DP elsewhere.
-        teacher_scheme: how the teacher's token strings are written (API samples: text).
-        top_k: teacher alternatives kept per position.
-        tail: mass outside the top-k: zero (the paper) or renormalize.
-        max_length: drop samples with more student tokens (255: the data module's max_target_length of 256
-            less EOS).
-        only_correct: keep only samples whose answer is correct.
-    """
-
-    student_tokenizer: str
-    method: Literal["auto", "dp", "offsets"] = "auto"
-    teacher_scheme: Literal["text", "byte_level", "sentencepiece", "auto"] = "text"
-    top_k: int = 5
-    tail: Literal["zero", "renormalize"] = "zero"
-    max_length: int = 255
-    only_correct: bool = False
 
 
 @dataclass
@@ -250,13 +207,3 @@ def run_align(
         dict(dropped) or "none",
     )
     return summary
-
-
-def load_targets(folder: str | os.PathLike):
-    """The aligned targets as a memory-mapped `datasets.Dataset`."""
-    from datasets import Dataset
-
-    path = Path(folder) / TARGETS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no aligned targets at {path} (run `specialight align ... --out {folder}` first)")
-    return Dataset.from_file(str(path))

@@ -28,6 +28,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from specialight.core.targets import has_targets, load_targets
 from specialight.data.batching import FormatBatchSampler, ResumableDataLoader
 from specialight.data.encoding import Encoder, FormattedDataset, Item
 from specialight.data.formats import FORMATS, FormatBuilder, check_format, is_cot, newline_separator
@@ -124,9 +125,7 @@ class SpecializationDataModule(L.LightningDataModule):
         else:
             by_id = {e.id: e for e in pool}
             path = Path(source)
-            if (path / "targets.arrow").is_file():
-                from specialight.align.run import load_targets
-
+            if has_targets(path):
                 self.targets = load_targets(path)
                 rows = self.targets.select_columns(["question_id", "text", "correct"])
                 items = [
@@ -165,7 +164,7 @@ class SpecializationDataModule(L.LightningDataModule):
         """Load the tokenizer and the source items, and lay out the units of one epoch."""
         if self.dataset is not None:
             return
-        from specialight.models import is_encoder_decoder, load_tokenizer
+        from specialight.core.models import is_encoder_decoder, load_tokenizer
 
         hp = self.hparams
         tokenizer = load_tokenizer(hp.model_name_or_path)
@@ -272,7 +271,7 @@ class SpecializationDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """GSM8K dev (gold rationales) in zero-shot CoT: the teacher-forced loss of held-out questions.
-        Accuracy comes from `specialight.callbacks.PeriodicEvaluation` and ``specialight evaluate``."""
+        Accuracy comes from `specialight.training.callbacks.PeriodicEvaluation` and ``specialight evaluate``."""
         self.setup("validate")
         return self._gold_loader("dev")
 

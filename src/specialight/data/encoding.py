@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from specialight.data.formats import FORMATS, FormatBuilder, is_cot
+from specialight.core.constants import FORMATS, IGNORE_INDEX
+from specialight.data.formats import FormatBuilder, is_cot
 from specialight.data.tasks import Example
-from specialight.losses import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import datasets
@@ -44,7 +44,7 @@ class Encoder:
         max_source_length: prompt tokens kept (the start of long in-context prompts is cut).
         max_target_length: target tokens kept, EOS included.
         pad_to_multiple_of: batch lengths are rounded up to a multiple of this (1: no rounding).
-        targets: aligned targets (`specialight.align.run.load_targets`): the exact student tokens of each
+        targets: aligned targets (`specialight.core.targets.load_targets`): the exact student tokens of each
             teacher sample and the teacher's top-k on them; ``None`` without.
     """
 

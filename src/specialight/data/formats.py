@@ -21,14 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from specialight.core.constants import FORMATS
 from specialight.data.tasks import DataError, Example
 
-FORMATS: tuple[str, ...] = (
-    "in_context_answer_only",
-    "in_context_cot",
-    "zero_shot_answer_only",
-    "zero_shot_cot",
-)
 COT_TRIGGER = "Let's think step by step"
 NEWLINE_STAND_IN = " | "
 NEWLINES = re.compile(r"[ \t]*\n+[ \t]*")

@@ -15,11 +15,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from specialight.core.errors import DataError
+
 logger = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A data file is missing or malformed; the message names the file (and line) and what was expected."""
 
 
 def need(path: str | os.PathLike) -> Path:

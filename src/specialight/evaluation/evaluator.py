@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from specialight.core.checkpoints import load_checkpoint_student
+from specialight.core.memory import heap_allocation
 from specialight.data.formats import newline_separator
 from specialight.evaluation.context import FittedPrompt, context_length, fit_prompt
 from specialight.evaluation.distributed import gather, rank_and_world, sum_counts
@@ -34,7 +36,6 @@ from specialight.evaluation.likelihood import LIKELIHOOD_SUITES, ReferenceText, 
 from specialight.evaluation.results import Results, count, results_from_counts, score_records, write_results
 from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.suites import COMPOSITES, EvalItem, build_items, expand
-from specialight.memory import heap_allocation
 
 logger = logging.getLogger(__name__)
 
@@ -199,17 +200,9 @@ class Evaluator:
 def load_for_evaluation(model: str, device: str = "cpu"):
     """A model and its tokenizer from a folder, hub id or alias, or a specialight ``.ckpt`` (a file, or a
     sharded checkpoint's folder)."""
-    import torch
-
-    from specialight.models import load_student, load_tokenizer
+    from specialight.core.models import load_student, load_tokenizer
 
     if model.endswith(".ckpt"):
-        if not Path(model).exists():
-            raise FileNotFoundError(f"{model}: no such checkpoint file")
-        from specialight.module import SpecializationModule
-        from specialight.sharding import consolidated
-
-        # a sharded checkpoint (a folder) is gathered into one file first
-        module = SpecializationModule.load_from_checkpoint(consolidated(Path(model)), map_location=torch.device(device))
-        return module.model.eval(), load_tokenizer(module.hparams.model_name_or_path)
+        loaded = load_checkpoint_student(model, device)
+        return loaded.model, loaded.tokenizer
     return load_student(model).to(device).eval(), load_tokenizer(model)

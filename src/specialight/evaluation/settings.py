@@ -1,5 +1,5 @@
 """`EvalSettings`: how evaluation suites are run, the one definition `specialight evaluate` and
-`specialight.callbacks.PeriodicEvaluation` both take (a plain dataclass: building a parser from it imports
+`specialight.training.callbacks.PeriodicEvaluation` both take (a plain dataclass: building a parser from it imports
 nothing heavy)."""
 
 from __future__ import annotations

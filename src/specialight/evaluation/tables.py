@@ -1,5 +1,5 @@
 """Printable tables of evaluation results: `format_table` (``specialight evaluate``, ``specialight validate``)
-and `selection_table` (the paper's Table 3, ``selection.md`` of `specialight.callbacks.ModelSelection`)."""
+and `selection_table` (the paper's Table 3, ``selection.md`` of `specialight.training.callbacks.ModelSelection`)."""
 
 from __future__ import annotations
 

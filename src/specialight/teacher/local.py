@@ -34,7 +34,7 @@ class LocalTeacher:
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "cpu") -> LocalTeacher:
         """Load a causal LM (folder, hub id or alias) as a teacher."""
-        from specialight.models import load_student, load_tokenizer
+        from specialight.core.models import load_student, load_tokenizer
 
         return cls(load_student(name_or_path).to(device), load_tokenizer(name_or_path), name=name_or_path)
 

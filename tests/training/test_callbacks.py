@@ -1,0 +1,127 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from specialight.training.callbacks import ModelSelection
+from specialight.training.module import SpecializationModule
+
+
+def tensorboard_scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_evaluations_happen_at_step_zero_and_every_n_examples(logged_run):
+    trainer, evaluation, _ = logged_run
+    assert [r["step"] for r in evaluation.history] == [0, 2, 4, 6]
+    assert [r["examples"] for r in evaluation.history] == [0, 8, 16, 24]
+    scalars = tensorboard_scalars(trainer.log_dir)
+    for suite in ("gsm8k_dev", "mas_dev", "multiarith_dev", "bbh_cot", "bbh_cot/navigate"):
+        assert [step for step, _ in scalars[f"eval/{suite}"]] == [0, 2, 4, 6]
+    assert "train/loss" in scalars
+    folder = Path(trainer.log_dir)
+    lines = (folder / "evaluations.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 2, 4, 6]
+    assert (folder / "evaluations" / "step-4" / "gsm8k_dev.jsonl").is_file()
+
+
+def test_selection_writes_the_best_checkpoint_and_table_3(logged_run):
+    trainer, evaluation, selection = logged_run
+    folder = Path(trainer.log_dir)
+    summary = json.loads((folder / "selection.json").read_text())
+    trained = [r for r in evaluation.history if r["step"] > 0]  # step 0 (untrained) is no candidate by default
+    best_value = max(r["scores"]["mas_dev"] for r in trained)
+    first_best = next(r for r in trained if r["scores"]["mas_dev"] == best_value)
+    assert summary["selections"]["eval/mas_dev"]["step"] == first_best["step"]
+    assert summary["best_checkpoint"]["step"] == first_best["step"]
+    assert Path(summary["best_checkpoint"]["path"]).is_file()
+    assert "eval/gsm8k_dev" in summary["selections"]
+    table = (folder / "selection.md").read_text()
+    assert "| selected by mas_dev |" in table and "| selected by gsm8k_dev |" in table
+    assert "| before training | 0 | 0 |" in table and "| end of training | 6 | 24 |" in table
+    assert " n=3 |" in table and "(step 0 excluded)" in table  # mas_dev: 3 parts of 1 example each
+    record = json.loads((folder / "evaluations.jsonl").read_text().splitlines()[-1])
+    assert set(record["n"]) == set(record["ci95"]) == set(record["shortened"]) == set(record["scores"])
+    reloaded = SpecializationModule.load_from_checkpoint(summary["best_checkpoint"]["path"])
+    assert type(reloaded.loss).__name__ == "SampleMatching"
+
+
+def test_selection_refuses_a_metric_that_is_not_evaluated():
+    selection = ModelSelection(monitor="eval/svamp_test")
+    with pytest.raises(ValueError, match="monitors eval/svamp_test"):
+        selection.on_evaluation(None, None, {"step": 0, "examples": 0, "scores": {"mas_dev": 1.0}})
+
+
+def _record(step: int, value: float) -> dict:
+    return {"step": step, "examples": 8 * step, "scores": {"mas_dev": value}}
+
+
+def test_selection_skips_the_untrained_model_and_breaks_ties_early():
+    selection = ModelSelection()
+    for step, value in [(0, 90.0), (2, 40.0), (4, 60.0), (6, 60.0)]:
+        selection.records.append(_record(step, value))
+    assert selection.choose("eval/mas_dev")["step"] == 4
+    with_initial = ModelSelection(include_initial=True)
+    with_initial.records = selection.records
+    assert with_initial.choose("eval/mas_dev")["step"] == 0
+
+
+def test_selection_table_shows_intervals_and_reads_records_without_them():
+    from specialight.evaluation.tables import selection_table
+
+    old = _record(0, 10.0)
+    new = {**_record(2, 12.5), "n": {"mas_dev": 24}, "ci95": {"mas_dev": [4.3, 31.0]}}
+    table = selection_table({"first": old, "selections": {"eval/mas_dev": new}, "last": new})
+    assert "| before training | 0 | 0 | 10.0 |" in table
+    assert "| selected by mas_dev | 2 | 16 | 12.5 [4.3-31.0] n=24 |" in table
+    later = selection_table({"first": new, "selections": {"eval/mas_dev": new}, "last": new})
+    assert "| first evaluation | 2 | 16 |" in later and "before training" not in later  # no step-0 evaluation
+
+
+@pytest.mark.parametrize("monitor_first", [True, False])
+def test_throughput_monitor_leaves_the_evaluations_out_of_training_time(
+    monitor_first, tiny_gpt2_dir, data_dir, tmp_path, monkeypatch
+):
+    import time
+
+    from lightning.pytorch.callbacks import ThroughputMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.data.encoding import batch_examples
+    from specialight.evaluation.evaluator import Evaluator
+    from specialight.evaluation.settings import EvalSettings
+    from specialight.training.callbacks import PeriodicEvaluation
+    from tests.helpers import quiet_trainer
+
+    run, clock, skipped = Evaluator.run, time.perf_counter, [0.0]
+
+    def slow_run(self, *args, **kwargs):  # each evaluation takes 100 s more by the clock every timer reads
+        skipped[0] += 100.0
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "run", slow_run)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock() + skipped[0])
+    settings = EvalSettings(suites=["svamp_dev"], limit=1, max_new_tokens=1, data_dir=str(data_dir))
+    evaluation = PeriodicEvaluation(settings, every_n_examples=4)  # steps 0 to 4: 5 evaluations, 500 s
+    monitor = ThroughputMonitor(batch_size_fn=batch_examples)
+    trainer = quiet_trainer(
+        4,
+        [monitor, evaluation] if monitor_first else [evaluation, monitor],
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+    )
+    datamodule = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), limit=8, batch_size=4, formats={"zero_shot_cot": 1.0}
+    )
+    trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
+    assert [r["step"] for r in evaluation.history] == [0, 1, 2, 3, 4]
+    rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    times = [float(v) for row in rows[1:] if (v := row.split(",")[header.index("train/time")])]
+    assert len(times) == 4 and times == sorted(times)
+    assert times[-1] < 100  # four tiny training steps, none of the evaluations' 500 s
