@@ -1,0 +1,119 @@
+"""`ServerScorer`: teacher-forced top-k through a server, in both of the ways servers offer it, against a
+loopback server answering as vLLM (``echo``) or llama.cpp (``forced``) would, and against a real
+llama-server compared with the same model scoring in process."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from specialight.teacher.completion import TeacherError
+from specialight.teacher.server_scoring import ServerScorer
+from tests.loopback import Loopback, completions_answer
+
+PROMPT = "Q: 2+2?\nA:"
+TEXT = " 2 plus 2 is 4."
+PIECES = [" 2", " plus", " 2", " is", " 4", "."]
+
+
+def vllm_answer(body: dict):
+    """``/v1/completions`` with echo, legacy log-prob form: the prompt's tokens, then the text's."""
+    if not body.get("echo"):
+        return 400, {}, {"error": {"message": "expected echo"}}
+    pieces = ["Q", ":", " 2", "+", "2", "?", "\n", "A", ":"] + PIECES
+    offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    tops = [None] + [{p: -0.1, "x": -2.5} for p in pieces[1:]]
+    logprobs = {"tokens": pieces, "token_logprobs": [None] + [-0.1] * (len(pieces) - 1)}
+    logprobs |= {"top_logprobs": tops, "text_offset": offsets}
+    return completions_answer("m", [{"index": 0, "text": body["prompt"], "logprobs": logprobs}])
+
+
+def llama_cpp_answer(body: dict):
+    """llama-server: refuses echo; ``/tokenize`` and a token-id grammar on ``/completion``."""
+    if body.get("echo"):
+        return 500, {}, {"error": {"code": 500, "message": "Only no echo is supported", "type": "server_error"}}
+    if "content" in body:
+        return 200, {}, {"tokens": [100 + i for i in range(len(PIECES))]}
+    ids = [int(part.strip("<[]>")) for part in body["grammar"].removeprefix("root ::= ").split()]
+    entries = [
+        {
+            "id": i,
+            "token": PIECES[i - 100],
+            "logprob": -0.2,
+            "top_logprobs": [
+                {"id": i, "token": PIECES[i - 100], "logprob": -0.2},
+                {"id": 7, "token": " x", "logprob": -1.9},
+            ],
+        }
+        for i in ids
+    ]
+    return 200, {}, {"content": TEXT, "completion_probabilities": entries}
+
+
+@pytest.mark.parametrize(("answer", "how"), [(vllm_answer, "echo"), (llama_cpp_answer, "forced")])
+def test_both_ways_give_the_texts_tokens_and_top_k(answer, how):
+    with Loopback(answer) as server:
+        scorer = ServerScorer(server.base_url, "m")
+        scored = scorer.score(PROMPT, TEXT, top_k=2)
+        assert scorer.how == how
+        assert scored.tokens == PIECES and scored.text == TEXT
+        assert [top[0] for top in scored.top_tokens] == PIECES
+        assert all(len(top) == 2 and top[0] > top[1] for top in scored.top_logprobs)
+        assert scored.finish_reason == "scored" and len(scored.token_logprobs) == len(PIECES)
+
+
+def test_the_forced_way_sends_the_texts_ids_as_a_grammar():
+    with Loopback(llama_cpp_answer) as server:
+        ServerScorer(server.base_url, "m", how="forced").score(PROMPT, TEXT, top_k=2)
+        completion = server.bodies[-1]
+        assert completion["grammar"] == "root ::= " + " ".join(f"<[{100 + i}]>" for i in range(len(PIECES)))
+        assert completion["n_predict"] == len(PIECES) and completion["n_probs"] == 2
+        assert completion["prompt"] == PROMPT and completion["post_sampling_probs"] is False
+
+
+def test_a_server_that_cannot_score_is_refused_in_one_line():
+    def plain(body):  # samples, but neither echoes nor tokenizes
+        return 400, {}, {"error": {"message": "unsupported parameter"}}
+
+    with Loopback(plain) as server:
+        with pytest.raises(TeacherError) as caught:
+            ServerScorer(server.base_url, "m").score(PROMPT, TEXT)
+    message = str(caught.value)
+    assert "\n" not in message and "cannot score a given text" in message
+    assert "echo:" in message and "forced:" in message
+
+
+def test_dropped_entries_are_refused_not_misaligned():
+    def dropping(body):
+        status, headers, payload = llama_cpp_answer(body)
+        if payload and "completion_probabilities" in payload:
+            payload["completion_probabilities"].pop(2)
+        return status, headers, payload
+
+    with Loopback(dropping) as server:
+        with pytest.raises(TeacherError, match="5 of the text's 6 tokens"):
+            ServerScorer(server.base_url, "m", how="forced").score(PROMPT, TEXT)
+
+
+@pytest.mark.slow
+def test_llama_server_scores_as_the_same_model_in_process(smollm2_tokenizer):
+    """The forced way on a real llama-server: the same tokens, and log-probs within quantization noise of
+    the in-process model (the GGUF's Q4_1 weights, dequantized exactly; fp32 here, llama.cpp's kernels there)."""
+    from specialight.teacher.local import LocalTeacher
+    from tests.teacher.test_llama_server import running_server
+
+    local = LocalTeacher.from_pretrained("smollm2-135m-instruct")
+    prompt, text = (
+        "Question: Tom has 3 apples and buys 4 more. How many apples?\nAnswer:",
+        " 3 + 4 = 7. The answer is 7.",
+    )
+    ours = local.score(prompt, text, top_k=5)
+    with running_server() as server:
+        theirs = ServerScorer(server.base_url, "smollm2", how="forced").score(prompt, text, top_k=5)
+    assert theirs.tokens == ours.tokens
+    gaps = [abs(a - b) for a, b in zip(theirs.token_logprobs, ours.token_logprobs)]
+    assert max(gaps) < 0.1, gaps
+    agree = sum(t[0] == o[0] for t, o in zip(theirs.top_tokens, ours.top_tokens))
+    assert agree >= len(ours.tokens) - 1
+    assert all(math.isfinite(v) for row in theirs.top_logprobs for v in row)
