@@ -150,10 +150,12 @@ class SpecializationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         # without a data module (plain dataloaders) the loss itself checks each batch
+        supplied = any(getattr(c, "supplies_teacher_distributions", False) for c in self.trainer.callbacks)
         if (
             datamodule is not None
             and self.loss.needs_teacher_distributions
             and not getattr(datamodule, "has_teacher_distributions", False)
+            and not supplied
         ):
             raise ValueError(
                 f"{type(self.loss).__name__} needs teacher top-k targets: set data.teacher_data to a folder "

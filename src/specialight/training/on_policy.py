@@ -1,0 +1,287 @@
+"""On-policy distillation (beyond the paper): the student learns on its own samples, scored by a teacher whose
+tokenizer may differ from its own, local or served.
+
+Every ``every_n_steps`` optimizer steps a round runs before the step:
+
+1. the rows scored since the last round enter a replay buffer (the newest ``buffer_size`` are kept);
+2. the current student samples completions of ``questions`` tuning questions (temperature ``temperature``,
+   seeded by the round, so a resumed run draws the same ones);
+3. the teacher scores them teacher-forced (`LocalTeacher.score`, or `ServerScorer` through an
+   OpenAI-compatible server), in a background thread while training goes on;
+4. the aligner projects the teacher's top-k onto the student's tokens (`specialight.align`), as
+   ``specialight align`` does for teacher samples.
+
+Each training batch is then replaced, with probability ``lmbda`` (GKD's on-policy share), by a batch drawn
+from the buffer (DistiLLM's replay); other batches keep the data module's own, with one-hot targets added
+where they carry no teacher distribution, so any divergence plugin trains on both. A round's rows enter the
+buffer at the next round whether scoring ran in the background or not, so both give the same run.
+
+The buffer, the pending samples, the round counter and the random state are saved in checkpoints: a killed run
+resumes where it was (pending samples are scored again after a resume; scoring is deterministic). Per round
+it logs the samples kept, the scoring seconds, the share of each target kind (`specialight.align.project.KINDS`)
+and ``onpolicy/divergence``: the loss plugin's value on the student's own new samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from specialight.align.project import KINDS
+from specialight.align.run import _Worker, align_sample
+from specialight.align.settings import AlignSettings
+from specialight.core.constants import IGNORE_INDEX
+from specialight.core.models import resolve_model
+from specialight.data.encoding import Encoder, Item
+from specialight.data.formats import is_cot, render
+from specialight.data.stops import TEACHER_STOPS, cut_at_stop
+
+logger = logging.getLogger(__name__)
+
+
+def build_scorer(teacher: str, base_url: str | None, api_key_env: str):
+    """A teacher that scores given texts: ``local:PATH_OR_ID`` in process, ``openai:MODEL`` at ``base_url``."""
+    kind, _, name = teacher.partition(":")
+    if kind == "local" and name:
+        from specialight.teacher.local import LocalTeacher
+
+        return LocalTeacher.from_pretrained(name)
+    if kind == "openai" and name and base_url:
+        from specialight.teacher.server_scoring import ServerScorer
+
+        return ServerScorer(base_url, name, os.environ.get(api_key_env))
+    raise ValueError(f"on-policy teacher {teacher!r}: expected local:PATH_OR_ID, or openai:MODEL with base_url")
+
+
+def one_hot_targets(batch: dict[str, Tensor], width: int) -> None:
+    """Add ``topk_ids``/``topk_probs`` ``[B, T, width]`` to a batch that has none: all mass on each label."""
+    labels = batch["labels"]
+    ids = torch.zeros((*labels.shape, width), dtype=torch.long, device=labels.device)
+    probs = torch.zeros((*labels.shape, width), dtype=torch.float32, device=labels.device)
+    ids[..., 0] = labels.clamp(min=0)
+    probs[..., 0] = (labels != IGNORE_INDEX).float()
+    batch["topk_ids"], batch["topk_probs"] = ids, probs
+
+
+class OnPolicyDistillation(L.Callback):
+    """Mixes the student's own samples, scored by ``teacher``, into training (see the module docstring).
+
+    Args:
+        teacher: ``local:PATH_OR_ID`` (a causal LM in process) or ``openai:MODEL`` (with ``base_url``).
+        base_url: an OpenAI-compatible server's base URL for ``openai:`` teachers.
+        api_key_env: the environment variable holding the server's API key, if it needs one.
+        every_n_steps: optimizer steps between rounds.
+        questions: tuning questions the student answers per round.
+        lmbda: the share of training batches drawn from the buffer (0: none, 1: all once it has rows).
+        buffer_size: rows kept (the newest).
+        temperature: the student's sampling temperature.
+        max_new_tokens: the longest sample.
+        top_k: teacher alternatives kept per position.
+        data_format: the format of the student's prompts (a chain-of-thought format).
+        seed: seeds the question draws, the batch draws and each round's sampling.
+        background: score in a thread while training goes on (False: at once, for debugging).
+    """
+
+    supplies_teacher_distributions = True
+
+    def __init__(
+        self,
+        teacher: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        every_n_steps: int = 10,
+        questions: int = 8,
+        lmbda: float = 0.5,
+        buffer_size: int = 64,
+        temperature: float = 1.0,
+        max_new_tokens: int = 128,
+        top_k: int = 5,
+        data_format: str = "zero_shot_cot",
+        seed: int = 0,
+        background: bool = True,
+    ) -> None:
+        if not is_cot(data_format) or every_n_steps < 1 or not 0 <= lmbda <= 1:
+            raise ValueError("on-policy: data_format must be a CoT format, every_n_steps >= 1 and 0 <= lmbda <= 1")
+        self.teacher, self.base_url, self.api_key_env = teacher, base_url, api_key_env
+        self.every_n_steps, self.questions, self.lmbda, self.buffer_size = every_n_steps, questions, lmbda, buffer_size
+        self.temperature, self.max_new_tokens, self.top_k = temperature, max_new_tokens, top_k
+        self.data_format, self.seed, self.background = data_format, seed, background
+        self.rng = random.Random(seed)
+        self.buffer: list[dict[str, Any]] = []
+        self.pending: list[dict[str, str]] = []
+        self.round = 0
+        self.last_round_step = -1
+        self._future: Future | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.getstate(),
+            "buffer": self.buffer,
+            "pending": self.pending,
+            "round": self.round,
+            "last_round_step": self.last_round_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, internal, gauss = state_dict["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.buffer, self.pending = list(state_dict["buffer"]), list(state_dict["pending"])
+        self.round, self.last_round_step = state_dict["round"], state_dict["last_round_step"]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = trainer.datamodule
+        datamodule.setup("fit")
+        self.encoder: Encoder = datamodule.encoder
+        self.pool = sorted({item.example.id: item.example for item in datamodule.dataset.items}.values(), key=_id)
+        settings = AlignSettings(
+            student_tokenizer=resolve_model(pl_module.hparams.model_name_or_path),
+            teacher_scheme="text",
+            top_k=self.top_k,
+            max_length=self.encoder.max_target_length - 1,
+        )
+        self.aligner = _Worker(settings)
+        self.scorer = build_scorer(self.teacher, self.base_url, self.api_key_env)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="on-policy-teacher")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and step != self.last_round_step:
+            self.last_round_step = step
+            self._run_round(pl_module)
+        width = self.top_k + 1
+        if self.buffer and self.rng.random() < self.lmbda:
+            size = int(batch["input_ids"].shape[0])
+            drawn = self.rng.sample(range(len(self.buffer)), k=min(size, len(self.buffer)))
+            replacement = self._collate([self.buffer[i] for i in drawn], pl_module.device)
+            batch.clear()
+            batch.update(replacement)
+        elif "topk_ids" not in batch:
+            one_hot_targets(batch, width)
+
+    def _run_round(self, pl_module: L.LightningModule) -> None:
+        """Take the last round's scored rows into the buffer, then sample this round's and start scoring them."""
+        if self.pending:
+            started = time.perf_counter()
+            scored = self._future.result() if self._future is not None else self._score(self.pending)
+            self._admit(scored, pl_module, time.perf_counter() - started)
+        examples = self.rng.sample(self.pool, k=min(self.questions, len(self.pool)))
+        self.pending = self._sample(pl_module, examples)
+        self.round += 1
+        self._future = self._pool.submit(self._score, list(self.pending)) if self.background and self._pool else None
+
+    @torch.no_grad()
+    def _sample(self, pl_module: L.LightningModule, examples: list) -> list[dict[str, str]]:
+        """The student's completions of ``examples``' prompts, seeded by the round (global RNG left as it was)."""
+        model, tokenizer = pl_module.model, self.encoder.tokenizer
+        prompts = [self.encoder.builder.build(e, self.data_format).prompt for e in examples]
+        training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + self.round)
+            texts = [self._generate(model, tokenizer, prompt) for prompt in prompts]
+        model.train(training)
+        kept = [(e, p, t) for e, p, t in zip(examples, prompts, texts) if t.strip()]
+        return [{"question_id": e.id, "prompt": p, "completion": t} for e, p, t in kept]
+
+    def _generate(self, model, tokenizer, prompt: str) -> str:
+        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=True)], device=next(model.parameters()).device)
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=self.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = output[0] if self.encoder.encoder_decoder else output[0, ids.shape[1] :]
+        return cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), TEACHER_STOPS).rstrip()
+
+    def _score(self, pending: list[dict[str, str]]) -> list[tuple[dict, dict] | None]:
+        """Each pending sample scored by the teacher and aligned: ``(aligned row, its question)`` or None."""
+        rows = []
+        for index, sample in enumerate(pending):
+            scored = self.scorer.score(sample["prompt"], sample["completion"], self.top_k)
+            record = scored.to_sample(sample["question_id"], index, "on-policy", self.teacher, None, False)
+            text = render(record.text.strip(), self.aligner.newline)
+            ids = self.aligner.tokenizer(text, add_special_tokens=False)["input_ids"]
+            row, _ = align_sample(record, self.aligner, text, ids)
+            rows.append((_plain(row), sample) if row is not None else None)
+        return rows
+
+    def _admit(self, scored: list, pl_module: L.LightningModule, waited: float) -> None:
+        """Encode scored rows into the buffer and log the round."""
+        kept = [entry for entry in scored if entry is not None]
+        if not kept:
+            logger.warning("on-policy round %d: no sample survived scoring and alignment", self.round)
+            return
+        by_id = {e.id: e for e in self.pool}
+        rows = [row for row, _ in kept]
+        encoder = Encoder(
+            self.encoder.tokenizer,
+            self.encoder.builder,
+            self.encoder.encoder_decoder,
+            self.encoder.max_source_length,
+            self.encoder.max_target_length,
+            targets=rows,
+        )
+        fresh = [
+            _plain(encoder.encode(Item(by_id[s["question_id"]], row["text"], i), self.data_format))
+            for i, (row, s) in enumerate(kept)
+        ]
+        self.buffer = (self.buffer + fresh)[-self.buffer_size :]
+        self._log_round(pl_module, rows, fresh, waited)
+
+    def _log_round(self, pl_module: L.LightningModule, rows: list[dict], fresh: list[dict], waited: float) -> None:
+        kinds = np.bincount(np.concatenate([np.asarray(r["target_kind"]) for r in rows]), minlength=len(KINDS))
+        with torch.no_grad():
+            divergence = float(pl_module.batch_loss(self._collate(fresh, pl_module.device)))
+        values = {f"onpolicy/share_{kind}": float(n) / max(kinds.sum(), 1) for kind, n in zip(KINDS, kinds)}
+        values |= {"onpolicy/samples": float(len(rows)), "onpolicy/scoring_wait_seconds": waited}
+        values["onpolicy/divergence"] = divergence
+        pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
+        logger.info(
+            "on-policy round %d: %d samples, divergence %.4f, waited %.1f s for the teacher",
+            self.round,
+            len(rows),
+            divergence,
+            waited,
+        )
+
+    def _collate(self, examples: list[dict], device: torch.device) -> dict[str, Tensor]:
+        arrays = [
+            {
+                **e,
+                "topk_ids": np.asarray(e["topk_ids"], dtype=np.int64),
+                "topk_probs": np.asarray(e["topk_probs"], dtype=np.float32),
+            }
+            for e in examples
+        ]
+        return {key: value.to(device) for key, value in self.encoder.collate(arrays).items()}
+
+
+def _plain(encoded: dict) -> dict[str, Any]:
+    """An encoded example with lists for arrays, as a checkpoint stores it (no numpy objects)."""
+    return {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in encoded.items()}
+
+
+def _id(example) -> str:
+    return example.id
