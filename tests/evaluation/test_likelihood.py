@@ -80,6 +80,7 @@ def test_a_prompt_longer_than_the_context_loses_its_left_edge(tiny_gpt2_dir, dat
         assert value == pytest.approx(_direct_nll(model, tokenizer, kept), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_paired_difference_is_zero_for_the_same_model_and_moves_when_trained_on_the_text(tiny_gpt2_dir, data_dir):
     model, tokenizer = _load(tiny_gpt2_dir)
     texts = build_texts("nll_gsm8k_dev_zero_shot", data_dir, None, limit=12)

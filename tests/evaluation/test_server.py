@@ -94,6 +94,7 @@ def llama_server():
     yield from running_server()
 
 
+@pytest.mark.slow
 def test_evaluate_command_against_llama_server_is_resumable(llama_server, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     command = [
