@@ -93,6 +93,7 @@ def test_batched_generation_equals_one_at_a_time(kind, request, data_dir):
     assert all("Q:" not in c for c in batched)
 
 
+@pytest.mark.slow
 def test_evaluator_writes_traceable_results(tiny_gpt2_dir, data_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
