@@ -28,7 +28,7 @@ install: $(STAMP) ## create .venv (if missing) and install the project, torch 2.
 test: $(STAMP) ## run the whole test suite (slow tests included), offline
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP) ## run the tests not marked slow
+test-fast: $(STAMP) ## the edit loop (under 60 s): tests not marked slow, so no fit, no Python subprocess, no real SmolLM2
 	$(BIN)/pytest -q -m "not slow"
 
 demo: $(STAMP) ## specialize SmolLM2-135M on GSM8K offline (CPU), then draw the curves

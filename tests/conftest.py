@@ -1,4 +1,5 @@
-"""Shared fixtures: the real offline data and tokenizers from ../shared, tiny random models."""
+"""Shared fixtures: the real offline data and tokenizers from ../shared, tiny random models; the guard that keeps
+the fast layer (`make test-fast`: tests not marked slow) free of fits, Python subprocesses and the real SmolLM2."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fast_layer import install, pytest_runtest_call, pytest_runtest_setup  # noqa: F401 (the guard's hooks)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA_DIR = Path(os.environ.get("SPECIALIGHT_DATA_DIR", SHARED / "data"))
@@ -14,6 +17,7 @@ TOKENIZERS = Path(os.environ.get("SPECIALIGHT_TOKENIZERS", SHARED / "tokenizers"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+install()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ import pytest
 
 import specialight.evaluation.generation as generation
 
+pytestmark = pytest.mark.slow  # runs a whole benchmark (both arms) in process
+
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_evaluate_benchmark_exit_status_follows_the_completions(monkeypatch, capsys, broken):

@@ -65,6 +65,7 @@ def test_settings_fields_are_options_and_old_spellings_still_read(capsys):
         cli_main(["align", *REQUIRED["align"], "--method", "guess"])
 
 
+@pytest.mark.slow
 def test_help_imports_neither_torch_nor_transformers():
     stages = [[]] + [[stage] for stage in STAGES]
     script = (
@@ -88,6 +89,7 @@ def test_top_level_help_lists_every_stage(capsys):
     assert all(stage in out for stage in [*STAGES, *LIGHTNING_COMMANDS])
 
 
+@pytest.mark.slow
 def test_fit_then_validate_evaluates_the_checkpoint(tiny_gpt2_dir, data_dir, tmp_path):
     from specialight.core.constants import EVALUATIONS_FILE
     from specialight.training.cli import run_lightning_cli

@@ -96,10 +96,12 @@ def loaded_after(statement: str) -> set[str]:
     return set(out.rsplit("LOADED:", 1)[1].split())
 
 
+@pytest.mark.slow
 def test_help_loads_no_torch_numba_or_pyarrow():
     statement = "from specialight.cli import cli_main\ntry:\n    cli_main(['--help'])\nexcept SystemExit:\n    pass"
     assert loaded_after(statement) == set()
 
 
+@pytest.mark.slow
 def test_reporting_loads_no_lightning():
     assert "lightning" not in loaded_after("import specialight.reporting.plots, specialight.reporting.claims")

@@ -117,6 +117,7 @@ def test_gpt2_42_against_t5_digits(gpt2_tokenizer, t5_tokenizer):
     "text",
     ["The answer is 1,250.\nSo she pays $3.50 for {2} items.", "Café Zürich 😀 costs 12 francs.\n\nThe answer is 12."],
 )
+@pytest.mark.slow
 def test_gpt2_to_smollm2_two_byte_level_bpes(gpt2_tokenizer, smollm2_tokenizer, text):
     teacher, student = real_pair(gpt2_tokenizer, smollm2_tokenizer, text)
     assert surfaces(teacher) != teacher  # raw byte-level pieces, markers undone by the aligner

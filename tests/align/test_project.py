@@ -129,7 +129,7 @@ def test_align_command_writes_arrow_targets(teacher_samples, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["kept"] == 12
 
 
-@pytest.mark.parametrize("student", ["t5", "smollm2"])
+@pytest.mark.parametrize("student", ["t5", pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_no_teacher_mass_where_the_tokens_differ(student, confident_samples, tmp_path):
     """Property on real GSM8K text: a student position carries mass on any id but its own only where the
     path pairs it one-to-one with a teacher token of the same text."""
@@ -183,6 +183,7 @@ def test_offsets_aligner_reads_the_newline_stand_in():
     assert choose_method(["a.", " \n\n", "b"], [" a.", " |", " b"], "auto", " | ") == "offsets"
 
 
+@pytest.mark.slow
 def test_parallel_alignment_equals_serial(teacher_samples, tmp_path):
     from tests.conftest import TOKENIZERS
 

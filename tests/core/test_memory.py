@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test probes a fresh Python interpreter that imports torch
+
 PROBE = (
     "import ctypes, torch; from specialight.core.memory import return_freed_memory; print(return_freed_memory()); "
     "rss = lambda: int(open('/proc/self/statm').read().split()[1]); before = rss(); "

@@ -2,6 +2,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 # each process waits until all have started, then asks for the same folder; the builder sleeps so the
@@ -27,6 +29,7 @@ print(build_once(out, build))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_processes_build_the_model_folder_once(tmp_path):
     out, log, ready = tmp_path / "models" / "m", tmp_path / "builds.log", tmp_path / "ready"
     ready.mkdir()

@@ -84,6 +84,7 @@ def test_a_registered_benchmark_is_evaluated(toy_dir, tiny_gpt2_dir, tmp_path_fa
     assert [r["gold"] for r in rows] == ["7", "7", "12"]
 
 
+@pytest.mark.slow
 def test_a_registered_benchmark_suite_runs_in_periodic_evaluation(toy_dir, tiny_gpt2_dir, data_dir, tmp_path_factory):
     import lightning as L
 
@@ -133,6 +134,7 @@ TOY = jsonl_benchmark("toy", {"dev": "toy/dev.jsonl", "test": "toy/test.jsonl"})
 """
 
 
+@pytest.mark.slow
 def test_the_command_knows_a_benchmark_an_installed_package_declares(toy_dir, tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     install_plugin(site, "toy_bench", TOY_PLUGIN, {"toy": "toy_bench:TOY"}, ENTRY_POINT_GROUP)

@@ -79,6 +79,7 @@ def test_a_long_4_shot_prompt_is_shortened_counted_and_generates(gpt2, data_dir,
     assert all(row["shortened"] for row in rows)
 
 
+@pytest.mark.slow
 def test_a_question_longer_than_the_context_loses_its_left_edge(gpt2):
     model, tokenizer = gpt2
     words = " ".join(f"w{i}" for i in range(1500))

@@ -78,7 +78,7 @@ def test_a_t5_student_writing_the_newline_stand_in_is_graded_line_by_line(data_d
     assert [r["correct"] for r in records] == [False, False]
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+@pytest.mark.parametrize("kind", ["gpt2", pytest.param("t5", marks=pytest.mark.slow)])
 def test_batched_generation_equals_one_at_a_time(kind, request, data_dir):
     folder = request.getfixturevalue(f"tiny_{kind}_dir")
     cls = AutoModelForCausalLM if kind == "gpt2" else AutoModelForSeq2SeqLM
@@ -93,6 +93,7 @@ def test_batched_generation_equals_one_at_a_time(kind, request, data_dir):
     assert all("Q:" not in c for c in batched)
 
 
+@pytest.mark.slow
 def test_evaluator_writes_traceable_results(tiny_gpt2_dir, data_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)

@@ -54,7 +54,7 @@ def test_every_suite_builds_from_the_real_files(data_dir, t5_tokenizer):
     assert all("the answer is" in t.target for t in cot)
 
 
-@pytest.mark.parametrize("model_fixture", ["tiny_gpt2_dir", "tiny_t5_dir"])
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2_dir", pytest.param("tiny_t5_dir", marks=pytest.mark.slow)])
 def test_batched_nll_equals_one_text_at_a_time(model_fixture, data_dir, request):
     model, tokenizer = _load(request.getfixturevalue(model_fixture))
     newline = newline_separator(tokenizer)
@@ -64,6 +64,7 @@ def test_batched_nll_equals_one_text_at_a_time(model_fixture, data_dir, request)
     assert batched == pytest.approx([_direct_nll(model, tokenizer, t) for t in texts], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_prompt_longer_than_the_context_loses_its_left_edge(tiny_gpt2_dir, data_dir):
     model, tokenizer = _load(tiny_gpt2_dir)
     texts = build_texts("nll_bbh_cot", data_dir, None, limit=3, bbh_tasks=["multistep_arithmetic_two"])
@@ -80,6 +81,7 @@ def test_a_prompt_longer_than_the_context_loses_its_left_edge(tiny_gpt2_dir, dat
         assert value == pytest.approx(_direct_nll(model, tokenizer, kept), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_paired_difference_is_zero_for_the_same_model_and_moves_when_trained_on_the_text(tiny_gpt2_dir, data_dir):
     model, tokenizer = _load(tiny_gpt2_dir)
     texts = build_texts("nll_gsm8k_dev_zero_shot", data_dir, None, limit=12)

@@ -56,6 +56,7 @@ def settings(data_dir) -> EvalSettings:
     return EvalSettings(suites=SUITES, limit=2, bbh_tasks=["navigate"], max_new_tokens=10, data_dir=str(data_dir))
 
 
+@pytest.mark.slow
 def test_server_evaluation_equals_in_process_retries_and_resumes(gpt2, data_dir, tmp_path):
     model, tokenizer = gpt2
     local = Evaluator(model, tokenizer, settings(data_dir)).run(tmp_path / "local", progress=False)
@@ -94,6 +95,7 @@ def llama_server():
     yield from running_server()
 
 
+@pytest.mark.slow
 def test_evaluate_command_against_llama_server_is_resumable(llama_server, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     command = [

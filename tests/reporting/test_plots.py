@@ -16,6 +16,7 @@ def is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_plot_command_draws_the_curves(logged_run, tmp_path, capsys):
     trainer, evaluation, _ = logged_run
     out = tmp_path / "curves.png"
@@ -27,6 +28,7 @@ def test_plot_command_draws_the_curves(logged_run, tmp_path, capsys):
     assert run.series("mas_dev")[0] == [0, 8, 16, 24]
 
 
+@pytest.mark.slow
 def test_runs_of_two_sizes_add_the_scaling_plot(logged_run, tmp_path):
     trainer, _, _ = logged_run
     small, large = tmp_path / "small", tmp_path / "large"
@@ -39,6 +41,7 @@ def test_runs_of_two_sizes_add_the_scaling_plot(logged_run, tmp_path):
     assert is_png(tmp_path / "c.png") and is_png(tmp_path / "c_scaling.png")
 
 
+@pytest.mark.slow
 def test_curves_draw_interval_bands_and_read_records_without_intervals(logged_run, tmp_path):
     from matplotlib.collections import PolyCollection
 
@@ -61,6 +64,7 @@ def test_curves_draw_interval_bands_and_read_records_without_intervals(logged_ru
     assert is_png(tmp_path / "old.png")
 
 
+@pytest.mark.slow
 def test_likelihood_suites_get_their_own_panels_with_bands(logged_run, tmp_path):
     from matplotlib.collections import PolyCollection
 

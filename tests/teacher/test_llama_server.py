@@ -110,6 +110,7 @@ def questions(data_dir):
 
 
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
+@pytest.mark.slow
 def test_top_k_logprobs_parse_into_the_schema(server, questions, tmp_path, endpoint):
     teacher = OpenAITeacher("smollm2", server.base_url, endpoint=endpoint)
     settings = DistillSettings(num_samples=2, max_tokens=48, top_k=5, concurrency=2)
@@ -124,6 +125,7 @@ def test_top_k_logprobs_parse_into_the_schema(server, questions, tmp_path, endpo
     assert 0.0 <= summary["acceptance"] <= 1.0
 
 
+@pytest.mark.slow
 def test_llama_server_refuses_n_and_distill_asks_one_sample_per_request(server, questions, tmp_path):
     teacher = OpenAITeacher("smollm2", server.base_url)
     settings = DistillSettings(num_samples=3, max_tokens=8, samples_per_request=3, concurrency=1)

@@ -15,6 +15,7 @@ def tensorboard_scalars(folder):
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_evaluations_happen_at_step_zero_and_every_n_examples(logged_run):
     trainer, evaluation, _ = logged_run
     assert [r["step"] for r in evaluation.history] == [0, 2, 4, 6]
@@ -29,6 +30,7 @@ def test_evaluations_happen_at_step_zero_and_every_n_examples(logged_run):
     assert (folder / "evaluations" / "step-4" / "gsm8k_dev.jsonl").is_file()
 
 
+@pytest.mark.slow
 def test_selection_writes_the_best_checkpoint_and_table_3(logged_run):
     trainer, evaluation, selection = logged_run
     folder = Path(trainer.log_dir)
@@ -83,6 +85,7 @@ def test_selection_table_shows_intervals_and_reads_records_without_them():
 
 
 @pytest.mark.parametrize("monitor_first", [True, False])
+@pytest.mark.slow
 def test_throughput_monitor_leaves_the_evaluations_out_of_training_time(
     monitor_first, tiny_gpt2_dir, data_dir, tmp_path, monkeypatch
 ):

@@ -49,6 +49,7 @@ def batch(tokenizer, encoder_decoder: bool) -> dict:
     return dict(inputs)
 
 
+@pytest.mark.slow
 def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_dir, data_dir, tmp_path):
     ckpt = t5_run / "best.ckpt"
     out = export_checkpoint(ckpt, tmp_path / "model")
@@ -104,6 +105,7 @@ def test_data_hashes_come_from_the_data_module_state_or_an_older_checkpoint_reco
     assert data_sha256({"specialight": {"config": None}}) == {}
 
 
+@pytest.mark.slow
 def test_causal_round_trip_and_dtype(logged_run, tmp_path):
     trainer, _, selection = logged_run
     ckpt = Path(selection.best["path"])
@@ -120,6 +122,7 @@ def test_causal_round_trip_and_dtype(logged_run, tmp_path):
     assert next(loaded.parameters()).dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_export_refuses_to_overwrite_unless_asked(logged_run, tmp_path, capsys):
     _, _, selection = logged_run
     (tmp_path / "model").mkdir()
@@ -132,6 +135,7 @@ def test_export_refuses_to_overwrite_unless_asked(logged_run, tmp_path, capsys):
     assert cli_main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 2
 
 
+@pytest.mark.slow
 def test_checkpoints_rebuild_a_loss_plugin_with_all_its_init_args(tiny_gpt2_dir, data_dir, tmp_path):
     from specialight.data.datamodule import SpecializationDataModule
     from tests.helpers import ScaledSampleMatching, quiet_trainer

@@ -119,6 +119,7 @@ def test_a_killed_fit_resumes_from_its_newest_checkpoint_with_the_same_batches_a
     assert (run / "best.ckpt").is_file() and (run / "selection.md").is_file()
 
 
+@pytest.mark.slow
 def test_an_exception_saves_last_and_last_resumes_in_the_csv_run_folder(tiny_gpt2_dir, data_dir, tmp_path, monkeypatch):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
@@ -164,6 +165,7 @@ class FolderlessLogger(Logger):
 
 
 @pytest.mark.parametrize("make_logger", [lambda root: CSVLogger(root / "csv"), lambda root: FolderlessLogger()])
+@pytest.mark.slow
 def test_run_files_go_to_the_run_folder_whatever_the_logger(
     make_logger, tiny_gpt2_dir, data_dir, tmp_path, monkeypatch
 ):

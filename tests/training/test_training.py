@@ -105,6 +105,7 @@ def test_aligned_targets_feed_their_exact_tokens(tiny_t5_dir, data_dir, aligned_
     assert (answer_only["topk_probs"][:, 0] == 1).all()  # answer-only: one-hot on its own tokens
 
 
+@pytest.mark.slow
 def test_distribution_matching_without_aligned_targets_is_refused(tiny_t5_dir, data_dir):
     module = SpecializationModule(str(tiny_t5_dir), loss=DistributionMatching())
     with pytest.raises(ValueError, match="teacher_data"):
@@ -153,6 +154,7 @@ def test_checkpoint_reloads_loss_plugin_and_resume_keeps_data_order(tiny_t5_dir,
     assert all(len(digest) == 64 for digest in stored["data_sha256"].values())
 
 
+@pytest.mark.slow
 def test_throughput_monitor_counts_the_tokens_of_our_batches(tiny_gpt2_dir, data_dir, tmp_path):
     import csv
 
