@@ -88,7 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lines = []
         for example, (teacher, _) in zip(examples, pairs):
-            alternatives = [[token, " the", " 1", ".", "\n"] for token in teacher]
+            others = (" the", " 1", ".", "\n", " a")  # a top-k lists a token once
+            alternatives = [[token, *[a for a in others if a != token][:4]] for token in teacher]
             logprobs = [[-0.05, -3.0, -4.0, -5.0, -6.0]] * len(teacher)
             lines.append(TeacherSample(example.id, 0, "".join(teacher), teacher, alternatives, logprobs).to_json())
         settings = AlignSettings(student_tokenizer=str(tokenizers / "t5"), method="dp")

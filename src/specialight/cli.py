@@ -14,8 +14,8 @@ whole config with ``--print_config``.
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (`specialight.training.cli`); the other
 stages are the typed functions of `specialight.commands`, their parameters and docstrings read by
 jsonargparse (a settings dataclass's fields become options beside the function's). Lists are written
-``--suites [a,b]`` (or ``--suites+ a``), booleans ``--score`` or ``--score false``; ``--max-new-tokens``
-is read as ``--max_new_tokens``.
+``--suites [a,b]``, ``--suites a`` (one value) or ``--suites+ a``, booleans ``--score`` or ``--score false``;
+``--max-new-tokens`` is read as ``--max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import logging
 import re
 import sys
@@ -32,11 +33,12 @@ from collections.abc import Callable, Sequence
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
 from specialight.commands import STAGES
-from specialight.data.jsonl import DataError
+from specialight.core.errors import DataError
 from specialight.teacher.backends import TeacherError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 DASHED_OPTION = re.compile(r"^--([a-z][a-z0-9_]*-[a-z0-9_-]*)(?==|$)")
+OPENAI_LOGGER = "openai._base_client"
 logger = logging.getLogger("specialight")
 
 
@@ -71,21 +73,58 @@ def call_stage(stage: Callable[..., int], config: Namespace) -> int:
     return stage(**kwargs)
 
 
+def stage_hints(stage: Callable[..., int]) -> dict[str, object]:
+    """The type of every option of ``stage``: its parameters' and its settings dataclasses' fields."""
+    hints = typing.get_type_hints(stage)
+    for settings_class in settings_parameters(stage).values():
+        hints |= typing.get_type_hints(settings_class)
+    return hints
+
+
+def list_item(hint: object) -> type | None:
+    """The item type of a list option (``list[str]``, ``list[str] | None``, ``list[str] | str``), else None."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if typing.get_origin(candidate) is list:
+            return (typing.get_args(candidate) or (str,))[0]
+    return None
+
+
 def old_spellings(argv: list[str]) -> list[str]:
-    """The options of the argparse days read as they were: ``--max-new-tokens`` as ``--max_new_tokens``, and
-    a boolean given bare (``--score``) as ``--score true``."""
+    """The options as users write them, read as jsonargparse reads them: ``--max-new-tokens`` as
+    ``--max_new_tokens``, a boolean given bare (``--score``) as ``--score true``, and a single value of a list
+    option (``--suites gsm8k_dev``) as a list of one (``--suites ["gsm8k_dev"]``)."""
     argv = [DASHED_OPTION.sub(lambda m: "--" + m.group(1).replace("-", "_"), arg) for arg in argv]
     stage = STAGES.get(argv[0]) if argv else None
     if stage is None:
         return argv
-    hints = typing.get_type_hints(stage) | {
-        f.name: f.type for cls in settings_parameters(stage).values() for f in dataclasses.fields(cls)
-    }
-    flags = {f"--{name}" for name, hint in hints.items() if hint in (bool, "bool")}
+    hints = stage_hints(stage)
+    flags = {f"--{name}" for name, hint in hints.items() if hint is bool}
     bare = [i for i, arg in enumerate(argv) if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--"))]
     for i in reversed(bare):
         argv.insert(i + 1, "true")
-    return argv
+    lists = {f"--{name}": item for name, hint in hints.items() if (item := list_item(hint)) is not None}
+    return [argv[0], *(_single_values(argv[1:], lists))]
+
+
+def _single_values(args: list[str], lists: dict[str, type]) -> list[str]:
+    """``args`` with each single value of a list option wrapped as a YAML list of one."""
+    out: list[str] = []
+    for arg in args:
+        option, equals, value = arg.partition("=")
+        if equals and option in lists:
+            out.append(f"{option}={_as_list(value, lists[option])}")
+        elif out and out[-1] in lists and not arg.startswith("--"):
+            out.append(_as_list(arg, lists[out[-1]]))
+        else:
+            out.append(arg)
+    return out
+
+
+def _as_list(value: str, item: type) -> str:
+    """A list option's value as given where it is a list (``[a, b]``) or ``null``; else a list of one."""
+    if value.lstrip().startswith("[") or value.strip() in ("null", "None", ""):
+        return value
+    return json.dumps([value]) if item is str else f"[{value}]"
 
 
 def build_parser() -> ArgumentParser:
@@ -100,13 +139,31 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+class StderrHandler(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when a record comes (a test or a caller may have
+    replaced it since the handler was made)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        return
+
+
 def setup_logging() -> None:
-    """INFO messages of ``specialight.*`` to stderr (Lightning's own logging is left as Lightning sets it)."""
+    """INFO messages of ``specialight.*`` and the openai client's retries to stderr (Lightning's own logging
+    is left as Lightning sets it)."""
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        sdk = logging.getLogger(OPENAI_LOGGER)  # the openai client's notice of each retry, and only that
+        sdk.addHandler(handler)
+        sdk.addFilter(lambda record: record.getMessage().startswith("Retrying"))
+        sdk.setLevel(logging.INFO)
 
 
 def cli_main(args: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from specialight.align.settings import AlignSettings
+from specialight.core.errors import DataError
 from specialight.evaluation.settings import EvalSettings
 from specialight.teacher.distill import DistillSettings
 
@@ -73,7 +74,7 @@ def distill(
     """
     from dataclasses import replace
 
-    from specialight.data.tasks import DataError, load_examples, resolve_data_dir
+    from specialight.data.tasks import load_examples, resolve_data_dir
     from specialight.teacher.build import build_teacher
     from specialight.teacher.distill import run_distill, run_scoring
 
@@ -116,6 +117,7 @@ def evaluate(
     device: str = "cpu",
     base_url: str | None = None,
     served_model: str | None = None,
+    context_length: int | None = None,
     concurrency: int = 4,
     max_retries: int = 6,
     api_key_env: str = "OPENAI_API_KEY",
@@ -126,44 +128,77 @@ def evaluate(
         settings: which suites and how (`EvalSettings`, also `PeriodicEvaluation`'s; fields are options).
         out: folder for per-example JSONL and summary.json.
         model: model folder, hub id, alias, or a specialight .ckpt (with base_url: where the served model's
-            tokenizer and context come from; default served_model).
+            tokenizer comes from, and its context where the folder has a config.json; default served_model).
         device: where the model runs.
         base_url: an OpenAI-compatible server (/v1/completions; vLLM, llama-server), e.g.
             http://127.0.0.1:8080/v1; resumable.
         served_model: the model name the server knows.
+        context_length: the served model's context in tokens (default: what the server reports, vLLM's
+            max_model_len or llama-server's n_ctx, and the model folder's config.json; the smallest).
         concurrency: requests in flight (server).
         max_retries: tries after the first on transient errors (server).
         api_key_env: environment variable holding the API key, if any (server).
     """
-    from specialight.evaluation.evaluator import Evaluator, load_for_evaluation
     from specialight.evaluation.tables import format_table
 
+    check_suites(settings.suites)  # before any model is resolved or loaded
     if base_url is not None or served_model is not None:
         if base_url is None or served_model is None:
-            raise SystemExit("specialight evaluate: --base_url and --served_model go together")
-        from transformers import AutoConfig
-
-        from specialight.core.models import load_tokenizer, resolve_model
-        from specialight.evaluation.server import ServerCompleter
-
-        source = resolve_model(model or served_model)
-        completer = ServerCompleter(
-            served_model,
-            base_url,
-            out_dir=out,
-            concurrency=concurrency,
-            api_key_env=api_key_env,
-            max_retries=max_retries,
-        )
-        evaluator = Evaluator(None, load_tokenizer(source), settings, completer, AutoConfig.from_pretrained(source))
+            raise DataError("--base_url and --served_model go together")
+        server = (base_url, served_model, context_length, concurrency, max_retries, api_key_env)
+        evaluator = served_evaluator(settings, out, model or served_model, *server)
     elif model is None:
-        raise SystemExit("specialight evaluate: give --model, or --base_url and --served_model")
+        raise DataError("give --model, or --base_url and --served_model")
     else:
+        from specialight.evaluation.evaluator import Evaluator, load_for_evaluation
+
         evaluator = Evaluator(*load_for_evaluation(model, device), settings)
-    evaluator.items()  # fail on a bad suite or missing data before loading anything else
+    evaluator.items()  # fail on missing data before generating anything
     results = evaluator.run(out)
     sys.stdout.write(format_table(results, per_task=True) + f"\nresults: {out}\n")
     return 0
+
+
+def check_suites(suites: list[str]) -> None:
+    """`DataError` naming ``--suites`` for a suite no evaluation knows."""
+    from specialight.evaluation.likelihood import LIKELIHOOD_SUITES
+    from specialight.evaluation.suites import expand
+
+    try:
+        expand([name for name in suites if name not in LIKELIHOOD_SUITES])
+    except DataError as err:
+        raise DataError(f"--suites: {err}") from None
+
+
+def served_evaluator(
+    settings: EvalSettings,
+    out: str,
+    model: str,
+    base_url: str,
+    served_model: str,
+    context_length: int | None,
+    concurrency: int,
+    max_retries: int,
+    api_key_env: str,
+):
+    """An `Evaluator` whose completions come from the server, with ``model``'s tokenizer and the served
+    model's context (`specialight.evaluation.served`)."""
+    from specialight.core.models import load_tokenizer, resolve_model
+    from specialight.evaluation.evaluator import Evaluator
+    from specialight.evaluation.served import served_config
+    from specialight.evaluation.server import ServerCompleter
+
+    source = resolve_model(model)
+    completer = ServerCompleter(
+        served_model,
+        base_url,
+        out_dir=out,
+        concurrency=concurrency,
+        api_key_env=api_key_env,
+        max_retries=max_retries,
+    )
+    config = served_config(source, base_url, served_model, context_length, api_key_env)
+    return Evaluator(None, load_tokenizer(source), settings, completer, config)
 
 
 def plot(logdir: list[str] | str, out: str) -> int:

@@ -204,7 +204,7 @@ def _bad_line(tmp_path, **change):
 
 
 def _good_file(tmp_path):
-    sample = TeacherSample("q/1", 0, "a b", ["a", " b"], [["a", "x"], [" b", " y"]], [[-0.1, -2.0], [-0.2, -3.0]])
+    sample = TeacherSample("q/1", 0, "a b", ["a", " b"], [["a", "x"], [" b", " y"]], [[-0.1, -3.0], [-0.2, -3.0]])
     path = tmp_path / "good.jsonl"
     path.write_text(sample.to_json() + "\n")
     return path

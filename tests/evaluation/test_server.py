@@ -62,7 +62,7 @@ def test_server_evaluation_equals_in_process_retries_and_resumes(gpt2, data_dir,
     local = Evaluator(model, tokenizer, settings(data_dir)).run(tmp_path / "local", progress=False)
     server = ModelServer(model, tokenizer, failures=2)
     try:
-        completer = ServerCompleter("tiny", server.base_url, tmp_path / "served", concurrency=3, backoff=0.01)
+        completer = ServerCompleter("tiny", server.base_url, tmp_path / "served", concurrency=3)
         evaluator = Evaluator(None, tokenizer, settings(data_dir), completer, model.config)
         served = evaluator.run(tmp_path / "served", progress=False)
         assert served.summary() == local.summary()
@@ -84,7 +84,7 @@ def test_server_evaluation_equals_in_process_retries_and_resumes(gpt2, data_dir,
 
 def test_an_unreachable_server_fails_after_its_retries(gpt2, data_dir):
     model, tokenizer = gpt2
-    completer = ServerCompleter("tiny", f"http://127.0.0.1:{free_port()}/v1", max_retries=1, backoff=0.01)
+    completer = ServerCompleter("tiny", f"http://127.0.0.1:{free_port()}/v1", max_retries=1)
     evaluator = Evaluator(None, tokenizer, settings(data_dir), completer, model.config)
     with pytest.raises(TeacherError, match=r"after 2 tries .*check --base-url"):
         evaluator.run(progress=False)

@@ -18,8 +18,25 @@ from tests.helpers import align_and_fit
 
 
 def distill_command(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]), HF_HUB_OFFLINE="1")
     return [sys.executable, "-m", "specialight.cli", "distill", *args], env
+
+
+# `specialight distill` whose writer stops for good once five samples are on disk, after touching argv[1]:
+# the test kills it there, mid-run, whatever the machine's speed
+STALL_AFTER_FIVE = """
+import sys, threading
+from specialight.teacher import distill
+append = distill.SampleWriter.append
+def stalling(self, samples):
+    append(self, samples)
+    if self.written >= 5:
+        open(sys.argv[1], "w").close()
+        threading.Event().wait()
+distill.SampleWriter.append = stalling
+from specialight.cli import cli_main
+sys.exit(cli_main(sys.argv[2:]))
+"""
 
 
 def records(folder):
@@ -139,16 +156,18 @@ def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(tiny_gpt2_dir,
     command, env = distill_command(*common, "--out", str(tmp_path / "whole"))
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
 
+    marker = tmp_path / "five-written"
     command, env = distill_command(*common, "--out", str(tmp_path / "killed"))
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = tmp_path / "killed" / "samples.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not target.is_file() or target.read_text().count("\n") < 5):
+    stalled = [sys.executable, "-c", STALL_AFTER_FIVE, str(marker), *command[3:]]
+    process = subprocess.Popen(stalled, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert marker.exists(), "the run never wrote its fifth sample"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    partial = target.read_text().count("\n")
-    assert 5 <= partial < 16
+    target = tmp_path / "killed" / "samples.jsonl"
+    assert target.read_text().count("\n") == 5
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
     assert records(tmp_path / "killed") == records(tmp_path / "whole")
     assert len(records(tmp_path / "whole")) == 16

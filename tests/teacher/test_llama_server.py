@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -135,8 +136,12 @@ def test_llama_server_refuses_n_and_distill_asks_one_sample_per_request(server, 
     assert summary["usage"]["prompt_tokens"] > 3 * 100 and summary["usage"]["completion_tokens"] > 0
 
 
-def test_unreachable_server_fails_clearly_after_retries(questions, tmp_path):
-    teacher = OpenAITeacher("smollm2", f"http://127.0.0.1:{free_port()}/v1", max_retries=2, backoff=0.05)
+def test_unreachable_server_fails_clearly_after_retries(questions, tmp_path, monkeypatch):
+    import openai._base_client
+
+    waits: list[float] = []  # the openai client's backoff, recorded instead of slept
+    monkeypatch.setattr(openai._base_client.time, "sleep", waits.append)
+    teacher = OpenAITeacher("smollm2", f"http://127.0.0.1:{free_port()}/v1", max_retries=2)
     with pytest.raises(TeacherError, match=r"after 3 tries .*check --base-url"):
         run_distill(
             questions[:1],
@@ -146,6 +151,7 @@ def test_unreachable_server_fails_clearly_after_retries(questions, tmp_path):
             DistillSettings(num_samples=1),
             progress=False,
         )
+    assert len(waits) == 2
 
 
 @pytest.mark.slow
@@ -177,20 +183,34 @@ def test_server_stopped_mid_run_then_restarted_loses_nothing(server, data_dir, t
         "--out",
         str(out),
     ]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    retried = threading.Event()
+
+    def read_errors() -> None:  # the client's retry notice is the event the restart waits for
+        for line in process.stderr:
+            lines.append(line)
+            if "Retrying request" in line:
+                retried.set()
+
+    reader = threading.Thread(target=read_errors, daemon=True)
+    reader.start()
     samples = out / "samples.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not samples.is_file() or samples.read_text().count("\n") < 3):
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not samples.is_file() or samples.read_text().count("\n") < 3):
         time.sleep(0.1)
+    retried.clear()  # only a retry after the stop counts
     server.stop()
-    time.sleep(3)
+    assert retried.wait(timeout=120), "".join(lines)[-2000:]
     server.start()
-    _, errors = process.communicate(timeout=600)
+    process.wait(timeout=600)
+    reader.join(timeout=10)
+    errors = "".join(lines)
     assert process.returncode == 0, errors[-2000:]
     keys = [(r["question_id"], r["sample_index"]) for r in map(json.loads, samples.read_text().splitlines())]
     assert len(keys) == len(set(keys)) == 18
-    assert "retrying" in errors
+    assert "openai._base_client: Retrying request" in errors
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """What the HTTP teacher sends and how often: building teachers from their spec, several samples per request
 (the API's ``n``) against loopback servers that give, refuse or ignore ``n``, resuming a partial run, the
-token usage in the summary, and ``Retry-After``."""
+token usage in the summary, and the openai client's retries after ``Retry-After``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import logging
 import random
 import threading
-import time
 from email.utils import formatdate
 from types import SimpleNamespace
 
@@ -16,7 +15,7 @@ import pytest
 
 from specialight.cli import cli_main
 from specialight.data.tasks import DataError, load_examples
-from specialight.teacher.backends import MAX_WAIT, OpenAITeacher, retry_after
+from specialight.teacher.backends import OpenAITeacher, TeacherError
 from specialight.teacher.build import build_teacher
 from specialight.teacher.distill import DistillSettings, repair, run_distill
 from tests.loopback import Answer, Loopback, completions_answer
@@ -147,22 +146,53 @@ def test_distill_command_takes_samples_per_request(data_dir, tmp_path, capsys):
     assert brief["samples"] == 8 and brief["usage"]["requests"] == 2
 
 
-def test_retries_wait_as_long_as_retry_after_says():
-    with TeacherServer(busy=1) as server:
-        teacher = OpenAITeacher("fake", server.base_url, backoff=0.01)
-        start = time.monotonic()
-        completion = teacher.sample("Q: 1?", 0.5, 8, 2, seed=3)
-        waited = time.monotonic() - start
+class Busy(Loopback):
+    """Answers the first request with ``status`` and ``headers``, every later one with a completion."""
+
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.first = True
+        super().__init__(lambda body: self.answer(body, status, headers))
+
+    def answer(self, body: dict, status: int, headers: dict[str, str]) -> Answer:
+        first, self.first = self.first, False
+        if first:
+            return status, headers, {"error": {"message": "slow down", "type": "rate_limit"}}
+        return completions_answer(body["model"], [choice(body["seed"], 0)])
+
+
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The openai client's waits between tries, recorded instead of slept, its clock stopped at `NOW`."""
+    import openai._base_client
+
+    recorded: list[float] = []
+    monkeypatch.setattr(openai._base_client, "time", SimpleNamespace(time=lambda: NOW, sleep=recorded.append))
+    return recorded
+
+
+NOW = 1_800_000_000
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "expected"),
+    [
+        (429, "1", 1.0),  # seconds
+        (503, "2.5", 2.5),
+        (429, formatdate(NOW + 5, usegmt=True), 5.0),  # an HTTP date, against the client's clock
+    ],
+)
+def test_the_client_retries_after_what_retry_after_says(waits, status, header, expected):
+    with Busy(status, {"Retry-After": header}) as server:
+        completion = OpenAITeacher("fake", server.base_url).sample("Q: 1?", 0.5, 8, 2, seed=3)
     assert completion.text == choice(3, 0)["text"] and len(server.bodies) == 2
-    assert waited >= 0.95  # backoff alone would have waited about 0.01 s
+    assert waits == [expected]
 
 
-def test_retry_after_reads_seconds_and_http_dates_and_is_capped():
-    def failed(value):
-        return SimpleNamespace(response=SimpleNamespace(headers={"retry-after": value}))
-
-    assert retry_after(failed("2")) == 2.0
-    assert 3.0 <= retry_after(failed(formatdate(time.time() + 5, usegmt=True))) <= 5.0
-    assert retry_after(failed(formatdate(time.time() - 50, usegmt=True))) == 0.0
-    assert retry_after(failed("3600")) == MAX_WAIT
-    assert retry_after(failed("soon")) is None and retry_after(ValueError("no response")) is None
+def test_without_retry_after_the_client_backs_off_and_a_refused_wait_is_one_line(waits):
+    with Busy(503, {}) as server:
+        OpenAITeacher("fake", server.base_url).sample("Q: 1?", 0.5, 8, 2, seed=3)
+    assert len(waits) == 1 and 0.375 <= waits[0] <= 0.5  # the client's first backoff, less up to 25% jitter
+    with Busy(429, {"Retry-After": "3600"}) as server:  # over the client's two minutes: not retried
+        with pytest.raises(TeacherError, match=r"after 1 try \(RateLimitError") as error:
+            OpenAITeacher("fake", server.base_url).sample("Q: 1?", 0.5, 8, 2, seed=3)
+    assert len(server.bodies) == 1 and "\n" not in str(error.value) and len(waits) == 1

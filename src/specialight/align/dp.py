@@ -64,12 +64,8 @@ def _pair_costs(
 
 
 @numba.njit(cache=True, nogil=True)
-def dp_path(costs: np.ndarray, source_kind: np.ndarray, target_kind: np.ndarray) -> np.ndarray:
-    """The aligned ``(i, j)`` pairs, shape ``[path_length, 2]``.
-
-    Token i of the source is distinct string ``source_kind[i]`` (likewise the target), and
-    ``costs[a, b]`` is the edit distance of distinct strings a and b: repeated tokens are costed once.
-    """
+def _totals(costs: np.ndarray, source_kind: np.ndarray, target_kind: np.ndarray) -> np.ndarray:
+    """``f(i, j)`` of the recurrence for every cell, ``[n, m]``."""
     n, m = source_kind.shape[0], target_kind.shape[0]
     total = np.empty((n, m), dtype=np.int64)
     for i in range(n):
@@ -88,6 +84,13 @@ def dp_path(costs: np.ndarray, source_kind: np.ndarray, target_kind: np.ndarray)
                 if total[i, j - 1] < best:
                     best = total[i, j - 1]
                 total[i, j] = cost + best
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _backtrace(total: np.ndarray) -> np.ndarray:
+    """The path from ``(n-1, m-1)`` back to ``(0, 0)`` through ``total``, in forward order, ``[length, 2]``."""
+    n, m = total.shape
     path = np.empty((n + m, 2), dtype=np.int64)
     i, j, k = n - 1, m - 1, 0
     while True:
@@ -110,6 +113,16 @@ def dp_path(costs: np.ndarray, source_kind: np.ndarray, target_kind: np.ndarray)
             else:
                 j -= 1
     return path[:k][::-1].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def dp_path(costs: np.ndarray, source_kind: np.ndarray, target_kind: np.ndarray) -> np.ndarray:
+    """The aligned ``(i, j)`` pairs, shape ``[path_length, 2]``.
+
+    Token i of the source is distinct string ``source_kind[i]`` (likewise the target), and
+    ``costs[a, b]`` is the edit distance of distinct strings a and b: repeated tokens are costed once.
+    """
+    return _backtrace(_totals(costs, source_kind, target_kind))
 
 
 def _distinct(strings: list[str]) -> tuple[list[str], np.ndarray]:

@@ -74,6 +74,23 @@ def surfaces(tokens: list[str], scheme: str = "auto") -> list[str]:
     return [surface(t, chosen) for t in tokens]
 
 
+def spells(pieces: list[str], text: str) -> bool:
+    """Whether surface ``pieces`` spell ``text`` (blanks at either end aside, as `specialight align` strips
+    the text); a piece holding ``\ufffd`` (part of a multi-byte character, or a special token) matches any
+    characters there."""
+    if "".join(pieces).strip() == text.strip():
+        return True
+    if not any(UNKNOWN in piece for piece in pieces):
+        return False
+    pattern = "".join(".*?" if UNKNOWN in piece else re.escape(piece) for piece in pieces)
+    return re.fullmatch(rf"\s*{pattern}\s*", text.strip(), re.DOTALL) is not None
+
+
+def first_difference(a: str, b: str) -> int:
+    """The first index where two strings differ (the shorter one's length where one begins the other)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def tokenizer_scheme(tokenizer) -> str:
     """The scheme of a Hugging Face fast tokenizer, read from its decoder."""
     backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -155,44 +155,79 @@ def project(
         raise ValueError(f"unknown tail policy {tail!r}; known: {', '.join(TAIL_POLICIES)}")
     length, width = len(student_ids), k + 1
     own = np.asarray(student_ids, dtype=np.int64)
-    ids = np.repeat(own[:, None], width, axis=1)
-    probs = np.zeros((length, width), dtype=np.float32)
-    probs[:, 0] = 1.0
-    kind = np.full(length, NOT_ONE_TO_ONE, dtype=np.int8)
-    added = np.zeros(length, dtype=bool)
+    targets = StudentTargets(
+        input_ids=own,
+        ids=np.repeat(own[:, None], width, axis=1),
+        probs=np.zeros((length, width), dtype=np.float32),
+        kind=np.full(length, NOT_ONE_TO_ONE, dtype=np.int8),
+        added=np.zeros(length, dtype=bool),
+    )
+    targets.probs[:, 0] = 1.0
     layout = np.zeros(length, dtype=bool) if layout_space is None else layout_space
     pairs = [
         (t, s)
         for t, s in zip(*(a.tolist() for a in _one_to_one(path, len(teacher_surfaces), length)))
-        if _mark_different(kind, s, teacher_surfaces[t], student_surfaces[s], bool(layout[s]))
+        if _mark_different(targets.kind, s, teacher_surfaces[t], student_surfaces[s], bool(layout[s]))
     ]
-    if not pairs:
-        return StudentTargets(input_ids=own, ids=ids, probs=probs, kind=kind, added=added)
-    teacher, student = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
-    # where the student's leading blank is layout, the teacher's alternatives take it too, as the student
-    # would write them there ("So" at the start of a line is " So" to T5)
-    shifted = [teacher_surfaces[t] != student_surfaces[s] for t, s in pairs]
-    names = {(name, shift) for (t, _), shift in zip(pairs, shifted) for name in teacher_top_tokens[t][:k]}
+    if pairs:
+        shifted = [teacher_surfaces[t] != student_surfaces[s] for t, s in pairs]
+        mapped, mass = _mapped_top_k(pairs, shifted, teacher_top_tokens, teacher_top_logprobs, vocabulary, k)
+        _merge_repeats(mapped, mass)
+        _with_sampled(targets, pairs, mapped, mass, token_logprobs, tail)
+    return targets
+
+
+def _mapped_top_k(
+    pairs: list[tuple[int, int]],
+    shifted: list[bool],
+    top_tokens: list[list[str]],
+    top_logprobs: list[list[float]],
+    vocabulary: VocabularyMap,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's teacher top-k as student ids (-1: no counterpart) and probabilities, ``[pairs, k]`` each.
+
+    Where the student's leading blank is layout (``shifted``), the teacher's alternatives take it too, as
+    the student would write them there ("So" at the start of a line is " So" to T5)."""
+    names = {(name, shift) for (t, _), shift in zip(pairs, shifted) for name in top_tokens[t][:k]}
     lookup = {key: vocabulary.lookup(" " + key[0].lstrip(" ") if key[1] else key[0]) for key in names}
     mapped = np.full((len(pairs), k), -1, dtype=np.int64)
     mass = np.zeros((len(pairs), k), dtype=np.float64)
     for row, ((t, _), shift) in enumerate(zip(pairs, shifted)):
-        top = teacher_top_tokens[t][:k]
+        top = top_tokens[t][:k]
         mapped[row, : len(top)] = [lookup[(name, shift)] for name in top]
-        mass[row, : len(top)] = teacher_top_logprobs[t][: len(top)]
-    mass = np.where(mapped >= 0, np.exp(mass), 0.0)
-    # two teacher tokens with one student counterpart: the later one's mass joins the first
-    for column in range(1, k):
+        mass[row, : len(top)] = top_logprobs[t][: len(top)]
+    return mapped, np.where(mapped >= 0, np.exp(mass), 0.0)
+
+
+def _merge_repeats(mapped: np.ndarray, mass: np.ndarray) -> None:
+    """In place: where two teacher tokens have one student counterpart, the later one's mass joins the
+    first and its slot is emptied."""
+    for column in range(1, mapped.shape[1]):
         earlier = mapped[:, :column] == mapped[:, column : column + 1]
         rows = np.nonzero(earlier.any(axis=1) & (mapped[:, column] >= 0))[0]
         first = earlier.argmax(axis=1)
         mass[rows, first[rows]] += mass[rows, column]
         mass[rows, column] = 0.0
         mapped[rows, column] = -1
-    mine = own[student]
+
+
+def _with_sampled(
+    targets: StudentTargets,
+    pairs: list[tuple[int, int]],
+    mapped: np.ndarray,
+    mass: np.ndarray,
+    token_logprobs: list[float] | None,
+    tail: str,
+) -> None:
+    """In place: the pairs' rows of ``targets`` get the mapped top-k, most probable first, and the sampled
+    token in the last slot where the top-k lacks it (with its own log-prob; without one, the row stays
+    one-hot and is marked `UNKNOWN_SAMPLED`); ``tail="renormalize"`` rescales each row to sum to one."""
+    teacher, student = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
+    mine = targets.input_ids[student]
     has_own = (mapped == mine[:, None]).any(axis=1)
     if token_logprobs is None:
-        kind[student[~has_own]] = UNKNOWN_SAMPLED
+        targets.kind[student[~has_own]] = UNKNOWN_SAMPLED
         keep = has_own
         own_mass = np.zeros(len(pairs))
     else:
@@ -205,8 +240,7 @@ def project(
     if tail == "renormalize":
         top_mass = top_mass / top_mass.sum(axis=1, keepdims=True)
     rows = student[keep]
-    ids[rows] = top_ids[keep]
-    probs[rows] = top_mass[keep]
-    kind[rows] = TEACHER
-    added[rows] = ~has_own[keep]
-    return StudentTargets(input_ids=own, ids=ids, probs=probs, kind=kind, added=added)
+    targets.ids[rows] = top_ids[keep]
+    targets.probs[rows] = top_mass[keep]
+    targets.kind[rows] = TEACHER
+    targets.added[rows] = ~has_own[keep]

@@ -19,6 +19,8 @@ class AlignSettings:
         max_length: drop samples with more student tokens (255: the data module's max_target_length of 256
             less EOS).
         only_correct: keep only samples whose answer is correct.
+        data_dir: benchmark folder whose GSM8K questions the samples answer (default: $SPECIALIGHT_DATA_DIR
+            or ./data).
     """
 
     student_tokenizer: str
@@ -28,3 +30,4 @@ class AlignSettings:
     tail: Literal["zero", "renormalize"] = "zero"
     max_length: int = 255
     only_correct: bool = False
+    data_dir: str | None = None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from specialight.core.errors import DataError
 
 logger = logging.getLogger(__name__)
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 MODEL_PREFIX = "model."  # `SpecializationModule` holds the student as ``self.model``
 
 
@@ -46,21 +49,31 @@ def read_checkpoint(ckpt: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{ckpt}: no such checkpoint file")
     path = consolidated(ckpt)
     try:
-        try:
-            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as err:  # the legacy (non-zip) format cannot be memory-mapped
-            if "zipfile" not in str(err):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a pickle protocol before refusing the file
+            warnings.simplefilter("ignore", UserWarning)
+            return _load_weights_only(path)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise DataError(
-            f"{ckpt}: refused: the checkpoint holds pickled Python objects that a weights-only load does not "
-            f"run ({reason[:160]}); re-save it with `specialight fit` or load it yourself if you trust it"
-        ) from None
+        raise DataError(f"{ckpt}: refused: {_refusal(str(err))}; re-save it with `specialight fit`") from None
     except (RuntimeError, EOFError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{ckpt}: not a torch checkpoint file ({first[:160]})") from None
+
+
+def _load_weights_only(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as err:  # the legacy (non-zip) format cannot be memory-mapped
+        if "zipfile" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _refusal(message: str) -> str:
+    """Why torch's weights-only load refused a file, in a clause (its own message is a page of advice)."""
+    found = _UNSAFE_GLOBAL.search(message)
+    if found:
+        return f"it holds a pickled {found.group(1)}, which a weights-only load does not run"
+    return "it is no weights-only torch checkpoint (a plain pickle, or objects a weights-only load does not run)"
 
 
 def load_checkpoint_student(ckpt: str | Path, device: str = "cpu") -> StudentCheckpoint:

@@ -25,6 +25,7 @@ from pathlib import Path
 from specialight.data.jsonl import DataError, parse_row, read_jsonl
 
 SAMPLE_FIELDS = ("question_id", "sample_index", "text", "tokens", "top_tokens", "top_logprobs")
+MASS_TOLERANCE = 1e-2  # rounding of servers' log-probs: a top-k may sum a little over 1, never 368
 
 
 def prompt_hash(prompt: str) -> str:
@@ -55,7 +56,10 @@ class TeacherSample:
         return self.question_id, self.sample_index
 
     def validate(self, where: str) -> TeacherSample:
-        """Raise `DataError` naming ``where`` if the top-k lists do not fit the tokens or are not finite."""
+        """Raise `DataError` naming ``where`` if a field has the wrong type, the top-k lists do not fit the
+        tokens, repeat a token, or are no distribution (log-probs finite, <= 0, probabilities summing to at
+        most 1 + `MASS_TOLERANCE`)."""
+        self._check_types(where)
         if not self.tokens:
             raise DataError(f"{where}: sample {self.key} has no tokens")
         if len(self.top_tokens) != len(self.tokens) or len(self.top_logprobs) != len(self.tokens):
@@ -64,27 +68,69 @@ class TeacherSample:
                 f"{len(self.top_tokens)} top-k token lists and {len(self.top_logprobs)} log-prob lists"
             )
         for position, (names, values) in enumerate(zip(self.top_tokens, self.top_logprobs)):
-            if len(names) != len(values):
-                raise DataError(
-                    f"{where}: sample {self.key} position {position}: {len(names)} tokens, {len(values)} log-probs"
-                )
-            if not all(math.isfinite(v) and v <= 1e-6 for v in values):
-                raise DataError(
-                    f"{where}: sample {self.key} position {position}: log-probs must be finite and <= 0, got {values}"
-                )
+            _check_top_k(names, values, f"{where}: sample {self.key} position {position}")
         if self.token_logprobs is not None:
             if len(self.token_logprobs) != len(self.tokens):
                 raise DataError(
                     f"{where}: sample {self.key} has {len(self.tokens)} tokens but "
                     f"{len(self.token_logprobs)} token log-probs"
                 )
-            if not all(math.isfinite(v) and v <= 1e-6 for v in self.token_logprobs):
-                raise DataError(f"{where}: sample {self.key}: token log-probs must be finite and <= 0")
+            if not all(_is_logprob(v) for v in self.token_logprobs):
+                raise DataError(f"{where}: sample {self.key}: token log-probs must be finite numbers <= 0")
         return self
+
+    def _check_types(self, where: str) -> None:
+        """`DataError` naming the first field whose JSON type is not the schema's."""
+        checks = [
+            ("question_id", isinstance(self.question_id, str), "a string"),
+            ("sample_index", _is_int(self.sample_index) and self.sample_index >= 0, "an integer >= 0"),
+            ("text", isinstance(self.text, str), "a string"),
+            ("tokens", _is_list(self.tokens, str), "a list of strings"),
+            (
+                "top_tokens",
+                _is_list(self.top_tokens, list) and all(_is_list(t, str) for t in self.top_tokens),
+                "a list of lists of strings",
+            ),
+            ("top_logprobs", _is_list(self.top_logprobs, list), "a list of lists of numbers"),
+            (
+                "token_logprobs",
+                self.token_logprobs is None or _is_list(self.token_logprobs, object),
+                "a list of numbers or null",
+            ),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise DataError(f"{where}: field {name} must be {expected}, got {getattr(self, name)!r:.80}")
 
     def to_json(self) -> str:
         """One JSONL line (no newline)."""
         return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_list(value: object, item: type) -> bool:
+    return isinstance(value, list) and all(isinstance(v, item) for v in value)
+
+
+def _is_logprob(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value <= 1e-6
+
+
+def _check_top_k(names: list[str], values: list, where: str) -> None:
+    """One position's top-k: as many log-probs as tokens, no token twice, a distribution's share of mass."""
+    if len(names) != len(values):
+        raise DataError(f"{where}: {len(names)} tokens, {len(values)} log-probs")
+    if not all(_is_logprob(v) for v in values):
+        raise DataError(f"{where}: log-probs must be finite numbers <= 0, got {values!r:.120}")
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise DataError(f"{where}: the top-k lists token(s) {twice!r:.80} more than once")
+    mass = math.fsum(math.exp(v) for v in values)
+    if mass > 1 + MASS_TOLERANCE:
+        raise DataError(f"{where}: the top-k probabilities sum to {mass:.3f}, more than 1")
 
 
 def sample_from_row(row: dict, where: str) -> TeacherSample:

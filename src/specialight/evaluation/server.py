@@ -4,7 +4,7 @@
 (fitted to the context by `specialight.evaluation.context`, with the tokenizer and context of the served
 model), stop string (`specialight.data.stops`) and scoring. Each prompt goes to ``/v1/completions`` greedily
 (``temperature=0``, ``max_tokens`` = the item's budget, ``stop=["Q:"]``), up to ``concurrency`` requests at
-once, each retried with the teacher client's backoff (`specialight.teacher.backends.OpenAITeacher.retrying`).
+once, each retried by the ``openai`` client as the teacher's are (`specialight.teacher.backends.OpenAITeacher.call`).
 
 Resumable per example: every completion is appended to ``<out>/completions/<suite family>.jsonl`` as one
 flushed, fsynced JSON line (``suite``, ``id``, ``completion``) as soon as it arrives; a rerun after a crash
@@ -38,7 +38,7 @@ class ServerCompleter:
         base_url: e.g. ``http://127.0.0.1:8080/v1``.
         out_dir: run folder; completions go to ``<out_dir>/completions/`` (None: nothing kept, no resume).
         concurrency: requests in flight.
-        api_key_env, timeout, max_retries, backoff: as for `specialight.teacher.backends.OpenAITeacher`.
+        api_key_env, timeout, max_retries: as for `specialight.teacher.backends.OpenAITeacher`.
     """
 
     def __init__(
@@ -50,7 +50,6 @@ class ServerCompleter:
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 600.0,
         max_retries: int = 6,
-        backoff: float = 1.0,
     ) -> None:
         from specialight.teacher.backends import OpenAITeacher
 
@@ -62,7 +61,6 @@ class ServerCompleter:
             api_key_env=api_key_env,
             timeout=timeout,
             max_retries=max_retries,
-            backoff=backoff,
             stop=[EVALUATION_STOP],
         )
         self.folder = Path(out_dir) / COMPLETIONS_DIR if out_dir is not None else None
@@ -71,7 +69,7 @@ class ServerCompleter:
 
     def _request(self, prompt: str, max_tokens: int) -> str:
         client = self.client
-        response = client.retrying(
+        response = client.call(
             lambda: client.client.completions.create(
                 model=client.model, prompt=prompt, temperature=0.0, max_tokens=max_tokens, stop=[EVALUATION_STOP]
             )

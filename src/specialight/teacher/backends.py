@@ -3,25 +3,21 @@
 It talks to any such server (a hosted API, vLLM, llama.cpp's ``llama-server``) through the official
 ``openai`` client, on ``/v1/completions`` (``logprobs=k``) or ``/v1/chat/completions`` (``logprobs`` +
 ``top_logprobs=k``), and reads both log-prob forms (`specialight.teacher.completion`). The API key is read
-from an environment variable only and never stored. Failures that may pass (429, 5xx, timeouts, refused
-connections) are retried after the server's ``Retry-After`` where it sends one, else with exponential
-backoff and jitter (either capped at `MAX_WAIT`); after the last try the error names the server and the
-setting to check. `OpenAITeacher.sample_many` asks for ``n`` choices in one request, so the prompt is sent
-and billed once; a server that refuses ``n > 1`` (llama-server answers 400) or returns fewer choices is
-warned about once and then asked one sample per request. Every response's ``usage`` adds to the teacher's
-`TokenUsage`.
+from an environment variable only and never stored. Failures that may pass (408, 409, 429, 5xx, timeouts,
+refused connections) are retried by the ``openai`` client itself (``max_retries``): after the server's
+``Retry-After`` where it asks for at most two minutes, else with exponential backoff and jitter (0.5 s
+doubling to 8 s); after the last try the error is one line naming the server and the setting to check.
+`OpenAITeacher.sample_many` asks for ``n`` choices in one request, so the prompt is sent and billed once; a
+server that refuses ``n > 1`` (llama-server answers 400) or returns fewer choices is warned about once and
+then asked one sample per request. Every response's ``usage`` adds to the teacher's `TokenUsage`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
-import random
 import threading
-import time
 from collections.abc import Callable
-from datetime import timezone
 from typing import Any, TypeVar
 
 from specialight.data.stops import TEACHER_STOPS, cut_at_stop, cut_tokens_at_stop
@@ -35,28 +31,18 @@ from specialight.teacher.completion import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_WAIT = 60.0  # seconds: the longest wait between two tries, whatever the server asks
+RETRIED = (408, 409, 429)  # besides 5xx: the statuses the openai client retries
 REFUSALS = (400, 422)  # what servers answer to a request field they do not support (llama-server: n > 1)
 
 
-def retry_after(error: Exception) -> float | None:
-    """The seconds a failed response's ``Retry-After`` header asks to wait (seconds or an HTTP date),
-    capped at `MAX_WAIT`; None without one."""
-    response = getattr(error, "response", None)
-    value = getattr(response, "headers", {}).get("retry-after")
-    if not value:
-        return None
+def _tries(error: Exception, max_retries: int) -> int:
+    """How many times the openai client sent the request that failed with ``error`` (it numbers its
+    retries in a header; it gives up early where ``Retry-After`` asks for more than two minutes)."""
+    request = getattr(error, "request", None)
     try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), MAX_WAIT)
+        return int(request.headers["x-stainless-retry-count"]) + 1
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return max_retries + 1
 
 
 class OpenAITeacher:
@@ -68,9 +54,8 @@ class OpenAITeacher:
         endpoint: ``completions`` or ``chat``.
         api_key_env: the environment variable holding the key (unset: no key, for local servers).
         timeout: seconds per request.
-        max_retries: tries after the first, on 429, 5xx, timeouts and refused connections.
-        backoff: first wait in seconds; doubles each try, with up to 50% jitter, capped at `MAX_WAIT`
-            (a ``Retry-After`` header takes its place).
+        max_retries: tries after the first, on 408, 409, 429, 5xx, timeouts and refused connections (the
+            ``openai`` client's own retries, honouring ``Retry-After``).
         stop: stop strings (default `specialight.data.stops.TEACHER_STOPS`).
     """
 
@@ -84,7 +69,6 @@ class OpenAITeacher:
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 120.0,
         max_retries: int = 6,
-        backoff: float = 1.0,
         stop: list[str] | None = None,
     ) -> None:
         import openai
@@ -92,13 +76,14 @@ class OpenAITeacher:
         if endpoint not in ("completions", "chat"):
             raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
         key = os.environ.get(api_key_env)
-        self.client = openai.OpenAI(base_url=base_url, api_key=key or "unused", timeout=timeout, max_retries=0)
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=key or "unused", timeout=timeout, max_retries=max_retries
+        )
         self.name = f"{model}@{base_url}"
         self.model = model
         self.base_url = base_url
         self.endpoint = endpoint
         self.max_retries = max_retries
-        self.backoff = backoff
         self.stop = list(stop) if stop is not None else list(TEACHER_STOPS)
         self.usage = TokenUsage()
         self.one_per_request = False  # set once the server refuses n > 1
@@ -107,9 +92,9 @@ class OpenAITeacher:
 
     def _transient(self, error: Exception) -> bool:
         openai = self._openai
-        if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+        if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError)):
             return True
-        return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+        return isinstance(error, openai.APIStatusError) and (error.status_code in RETRIED or error.status_code >= 500)
 
     def _request(
         self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int, n: int = 1
@@ -128,31 +113,23 @@ class OpenAITeacher:
         self.usage.add(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
         return answer
 
-    def retrying(self, request: Callable[[], T]) -> T:
-        """``request()``, retried on transient failures after the server's ``Retry-After`` or with backoff
-        (also used by server evaluation)."""
-        attempt = 0
-        while True:
-            try:
-                return request()
-            except Exception as error:  # the client raises many types; only transient ones are retried
-                if not self._transient(error):
-                    raise TeacherError(f"{self.base_url}: {type(error).__name__}: {error}") from error
-                if attempt == self.max_retries:
-                    raise TeacherError(
-                        f"could not get a completion from {self.base_url} after {attempt + 1} tries "
-                        f"({type(error).__name__}: {error}); check --base-url and that the server is up"
-                    ) from error
-                wait = retry_after(error)
-                if wait is None:
-                    wait = min(self.backoff * 2**attempt, MAX_WAIT) * (1 + 0.5 * random.random())
-                logger.warning("%s: %s; retrying in %.1f s", self.base_url, type(error).__name__, wait)
-                time.sleep(wait)
-                attempt += 1
+    def call(self, request: Callable[[], T]) -> T:
+        """``request()`` (an SDK call, which retries transient failures itself), its failure turned into a
+        `TeacherError` of one line (also used by server evaluation)."""
+        try:
+            return request()
+        except self._openai.OpenAIError as error:
+            if not self._transient(error):
+                raise TeacherError(f"{self.base_url}: {type(error).__name__}: {error}") from error
+            tries = _tries(error, self.max_retries)
+            raise TeacherError(
+                f"could not get a completion from {self.base_url} after {tries} tr{'y' if tries == 1 else 'ies'} "
+                f"({type(error).__name__}: {error}); check --base-url and that the server is up"
+            ) from error
 
     def sample(self, prompt: str, temperature: float, max_tokens: int, top_k: int, seed: int) -> Completion:
         """One completion with its top-k log-probs; retries transient failures."""
-        response = self.retrying(lambda: self._request(prompt, temperature, max_tokens, top_k, seed))
+        response = self.call(lambda: self._request(prompt, temperature, max_tokens, top_k, seed))
         return self._completion(response["choices"][0], top_k)
 
     def sample_many(
@@ -164,7 +141,7 @@ class OpenAITeacher:
         if self.one_per_request:
             return None
         try:
-            choices = self.retrying(lambda: self._request(prompt, temperature, max_tokens, top_k, seed, n))["choices"]
+            choices = self.call(lambda: self._request(prompt, temperature, max_tokens, top_k, seed, n))["choices"]
         except TeacherError as error:
             cause = error.__cause__
             if not isinstance(cause, self._openai.APIStatusError) or cause.status_code not in REFUSALS:

@@ -6,6 +6,7 @@ llama.cpp's per-token ``content[i].token/logprob/top_logprobs``).
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,14 +34,16 @@ class Completion:
     def to_sample(
         self, question_id: str, sample_index: int, prompt_id: str, teacher: str, answer: str | None, correct: bool
     ) -> TeacherSample:
-        """This completion as the `TeacherSample` record ``(question_id, sample_index)``."""
+        """This completion as the `TeacherSample` record ``(question_id, sample_index)``; alternatives that
+        read as one string (two byte pieces both shown as ``\ufffd``) become one, their mass added."""
+        tops, values = zip(*map(merge_repeats, self.top_tokens, self.top_logprobs)) if self.tokens else ((), ())
         return TeacherSample(
             question_id=question_id,
             sample_index=sample_index,
             text=self.text,
             tokens=self.tokens,
-            top_tokens=self.top_tokens,
-            top_logprobs=self.top_logprobs,
+            top_tokens=list(tops),
+            top_logprobs=list(values),
             prompt_hash=prompt_id,
             teacher=teacher,
             finish_reason=self.finish_reason,
@@ -48,6 +51,20 @@ class Completion:
             correct=correct,
             token_logprobs=self.token_logprobs,
         )
+
+
+def merge_repeats(names: list[str], values: list[float]) -> tuple[list[str], list[float]]:
+    """One position's top-k with each string once, at its first place, holding the log of the summed
+    probabilities of its repeats (a sample file may not list a token twice)."""
+    if len(set(names)) == len(names):
+        return list(names), list(values)
+    merged: dict[str, float] = {}
+    for name, value in zip(names, values):
+        if name in merged:
+            high, low = max(merged[name], value), min(merged[name], value)
+            value = min(high + math.log1p(math.exp(low - high)), 0.0)
+        merged[name] = value
+    return list(merged), list(merged.values())
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """``specialight distill``: sample chains of thought from a teacher, check them, store them resumably.
 
 Every sample becomes one JSON line of ``<out>/samples.jsonl`` (schema: `specialight.data.records`), written
-whole, flushed and fsynced before the next; every sample is kept, correct or not (``--only-correct`` is a
+whole and fsynced before the next (a write that fails, on a full disk, is cut back and stops the run with
+one line: resuming loses nothing); every sample is kept, correct or not (``--only-correct`` is a
 filter when reading). A restarted run first cuts a torn last line (a crash mid-write), then skips every
 ``(question, sample index)`` already on disk, so after a crash or SIGKILL the same command continues
 where it stopped: nothing lost, nothing twice. Sample ``i`` of question ``q`` is drawn with the seed
@@ -20,12 +21,12 @@ question, and the requests and prompt and completion tokens this invocation used
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +111,113 @@ def _open_run(out: str | os.PathLike) -> tuple[Path, set[tuple[str, int]]]:
     return path, repair(path)
 
 
-def _append(handle, sample: TeacherSample) -> None:
-    """Write one sample as a whole line and make it durable before the next one."""
-    handle.write(sample.to_json() + "\n")
-    handle.flush()
-    os.fsync(handle.fileno())
+def write_all(handle: io.RawIOBase, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (a raw write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[handle.write(view) :]
+
+
+class SampleWriter:
+    """Appends samples to ``samples.jsonl`` as whole lines, each durable before the next (safe across
+    threads), with a progress bar of ``total`` showing the share of correct answers.
+
+    A failed write (a full disk: ``ENOSPC``) cuts the file back to its last whole line and becomes a
+    `DataError` of one line: every sample written before it is kept, and the same command run again, with
+    room on the disk, resumes after them."""
+
+    def __init__(self, path: Path, total: int = 0, progress: bool = False, label: str = "distill") -> None:
+        self.path, self.written, self.correct = path, 0, 0
+        self._file = path.open("ab", buffering=0)
+        self._lock = threading.Lock()
+        self._bar = tqdm(total=total, desc=label, unit="sample", disable=not progress)
+
+    def append(self, samples: list[TeacherSample]) -> None:
+        with self._lock:
+            for sample in samples:
+                self._append(sample)
+                self.written += 1
+                self.correct += int(bool(sample.correct))
+            self._bar.update(len(samples))
+            self._bar.set_postfix(accepted=f"{self.correct / max(self.written, 1):.0%}")
+
+    def _append(self, sample: TeacherSample) -> None:
+        end = self._file.seek(0, os.SEEK_END)
+        try:
+            write_all(self._file, (sample.to_json() + "\n").encode("utf-8"))
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            os.ftruncate(self._file.fileno(), end)  # a torn line would be cut on resume; cut it now
+            reason = err.strerror or type(err).__name__
+            raise DataError(
+                f"{self.path}: {reason} after {self.written} sample(s) written by this run; every whole line is "
+                "kept: make room and run the same command again to resume"
+            ) from None
+
+    def close(self) -> None:
+        self._bar.close()
+        self._file.close()
+
+    def __enter__(self) -> SampleWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class _Drawer:
+    """Draws one request's samples from the teacher and checks them into records."""
+
+    teacher: Teacher
+    template: str
+    settings: DistillSettings
+
+    def __post_init__(self) -> None:
+        self.template_hash = prompt_hash(self.template)
+
+    def record(self, question: Example, index: int, completion: Completion) -> TeacherSample:
+        name = self.teacher.name
+        if not completion.tokens:
+            raise TeacherError(f"{name}: empty completion for {question.id} sample {index}")
+        answer = extract_answer(completion.text, question.task)
+        correct = is_correct(completion.text, question.answer, question.task)
+        sample = completion.to_sample(question.id, index, self.template_hash, name, answer, correct)
+        return sample.validate(f"{name} {question.id}#{index}")
+
+    def draw(self, question: Example, start: int, missing: list[int]) -> list[TeacherSample]:
+        """The samples ``missing`` of the request starting at index ``start`` (``n`` at once where the
+        teacher gives it, else one request per index)."""
+        settings, teacher = self.settings, self.teacher
+        asked = (build_prompt(self.template, question.question), settings.temperature, settings.max_tokens)
+        asked += (settings.top_k,)
+        size = min(settings.samples_per_request, settings.num_samples - start)
+        many = teacher.sample_many(*asked, sample_seed(settings.seed, question.id, start), size) if size > 1 else None
+        if many is None:
+            drawn = [(i, teacher.sample(*asked, sample_seed(settings.seed, question.id, i))) for i in missing]
+        else:
+            drawn = [(start + j, c) for j, c in enumerate(many) if start + j in missing]
+        return [self.record(question, index, completion) for index, completion in drawn]
+
+
+def _draw_all(todo: list[tuple[Example, int, list[int]]], drawer: _Drawer, writer: SampleWriter) -> None:
+    """Every request of ``todo`` through a pool (``concurrency`` in flight for a concurrent teacher), each
+    result written as it comes; on an error, requests not yet started are cancelled."""
+    workers = max(drawer.settings.concurrency, 1) if drawer.teacher.concurrent else 1
+    pending: set[Future] = set()
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            for question, start, missing in todo:
+                pending.add(pool.submit(drawer.draw, question, start, missing))
+                if len(pending) >= 2 * workers:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        writer.append(future.result())
+            for future in pending:
+                writer.append(future.result())
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _close_run(path: Path, summary: dict) -> dict:
@@ -136,61 +239,15 @@ def run_distill(
         raise ValueError(f"samples_per_request must be at least 1, got {settings.samples_per_request}")
     path, done = _open_run(out)
     todo = _work(questions, settings.num_samples, done, settings.samples_per_request)
-    template_hash = prompt_hash(template)
     count = sum(len(missing) for _, _, missing in todo)
     logger.info("%d samples on disk, %d to draw from %s", len(done), count, teacher.name)
     used_before = teacher.usage.totals()
-    lock = threading.Lock()
-    accepted = [0, 0]
-
-    def record(question: Example, index: int, completion: Completion) -> TeacherSample:
-        if not completion.tokens:
-            raise TeacherError(f"{teacher.name}: empty completion for {question.id} sample {index}")
-        answer = extract_answer(completion.text, question.task)
-        correct = is_correct(completion.text, question.answer, question.task)
-        sample = completion.to_sample(question.id, index, template_hash, teacher.name, answer, correct)
-        return sample.validate(f"{teacher.name} {question.id}#{index}")
-
-    def draw(question: Example, start: int, missing: list[int]) -> list[TeacherSample]:
-        asked = (build_prompt(template, question.question), settings.temperature, settings.max_tokens, settings.top_k)
-        size = min(settings.samples_per_request, settings.num_samples - start)
-        many = teacher.sample_many(*asked, sample_seed(settings.seed, question.id, start), size) if size > 1 else None
-        if many is None:
-            drawn = [(i, teacher.sample(*asked, sample_seed(settings.seed, question.id, i))) for i in missing]
-        else:
-            drawn = [(start + j, c) for j, c in enumerate(many) if start + j in missing]
-        return [record(question, index, completion) for index, completion in drawn]
-
-    workers = max(settings.concurrency, 1) if teacher.concurrent else 1
-    bar = tqdm(total=count, desc="distill", unit="sample", disable=not progress)
-    with path.open("a", encoding="utf-8") as handle, ThreadPoolExecutor(workers) as pool:
-
-        def write(samples: list[TeacherSample]) -> None:
-            with lock:
-                for sample in samples:
-                    _append(handle, sample)
-                    accepted[0] += int(bool(sample.correct))
-                    accepted[1] += 1
-                bar.update(len(samples))
-                bar.set_postfix(accepted=f"{accepted[0] / max(accepted[1], 1):.0%}")
-
-        pending: set[Future] = set()
-        queue: Iterator[tuple[Example, int, list[int]]] = iter(todo)
-        try:
-            for question, start, missing in queue:
-                pending.add(pool.submit(draw, question, start, missing))
-                if len(pending) >= 2 * workers:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        write(future.result())
-            for future in pending:
-                write(future.result())
-        finally:
-            bar.close()
-            for future in pending:
-                future.cancel()
+    drawer = _Drawer(teacher, template, settings)
+    with SampleWriter(path, count, progress) as writer:
+        _draw_all(todo, drawer, writer)
     used = {key: value - used_before[key] for key, value in teacher.usage.totals().items()}
-    return _close_run(path, summarize(path, questions, settings, teacher.name, template_hash, used))
+    summary = summarize(path, questions, settings, teacher.name, drawer.template_hash, used)
+    return _close_run(path, summary)
 
 
 def summarize(
@@ -230,16 +287,13 @@ def run_scoring(
     """Teacher-forced top-k on each question's gold rationale (sample index 0), resumably, like `run_distill`."""
     path, done = _open_run(out)
     template_hash = prompt_hash(template)
-    with path.open("a", encoding="utf-8") as handle:
-        for question, _, _ in tqdm(_work(questions, 1, done), desc="score", unit="sample"):
+    todo = _work(questions, 1, done)
+    with SampleWriter(path, len(todo), progress=True, label="score") as writer:
+        for question, _, _ in todo:
             if not question.rationale:
                 raise DataError(f"{question.id}: no gold rationale to score")
-            prompt, target = (
-                build_prompt(template, question.question),
-                answer_target(question.answer, question.rationale),
-            )
-            _append(
-                handle,
-                teacher.score_sample(question.id, prompt, target, question.answer, settings.top_k, template_hash),
-            )
+            prompt = build_prompt(template, question.question)
+            target = answer_target(question.answer, question.rationale)
+            sample = teacher.score_sample(question.id, prompt, target, question.answer, settings.top_k, template_hash)
+            writer.append([sample])
     return _close_run(path, summarize(path, questions, settings, teacher.name, template_hash))
