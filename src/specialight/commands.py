@@ -68,7 +68,8 @@ def distill(
         prompt: few-shot CoT prompt file (default: the paper's prompt_complex.txt under data_dir).
         max_retries: tries after the first on transient errors (openai teachers).
         limit: the first N questions.
-        score: local teachers: score the gold rationales teacher-forced instead of sampling.
+        score: score the gold rationales teacher-forced instead of sampling (a local teacher, or a server
+            that echoes prompt log-probs or is llama-server).
         device: where a local teacher runs.
         data_dir: benchmark folder laid out like shared/data (default: $SPECIALIGHT_DATA_DIR or ./data).
     """

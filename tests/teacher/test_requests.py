@@ -86,8 +86,8 @@ def test_bad_teacher_specs_fail_in_one_line():
         assert "\n" not in str(error.value)
     with pytest.raises(DataError, match="needs --base_url"):
         build_teacher("openai:m")
-    with pytest.raises(DataError, match="--score needs a local teacher"):
-        build_teacher("openai:m", base_url="http://127.0.0.1:1/v1", score=True)
+    scorer = build_teacher("openai:m", base_url="http://127.0.0.1:1/v1", score=True)
+    assert type(scorer).__name__ == "ServerScorer" and scorer.base_url == "http://127.0.0.1:1/v1"
     teacher = build_teacher("openai:m", base_url="http://127.0.0.1:1/v1", endpoint="chat", max_retries=2)
     assert (teacher.name, teacher.endpoint, teacher.max_retries, teacher.concurrent) == (
         "m@http://127.0.0.1:1/v1",

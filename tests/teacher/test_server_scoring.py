@@ -4,7 +4,9 @@ llama-server compared with the same model scoring in process."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 
@@ -94,6 +96,30 @@ def test_dropped_entries_are_refused_not_misaligned():
     with Loopback(dropping) as server:
         with pytest.raises(TeacherError, match="5 of the text's 6 tokens"):
             ServerScorer(server.base_url, "m", how="forced").score(PROMPT, TEXT)
+
+
+def word_echo(body: dict):
+    """``/v1/completions`` with echo for any prompt: words (with their leading space) as tokens."""
+    pieces = re.findall(r"\s*\S+|\s+", body["prompt"])
+    offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    tops = [{p: -0.2, " and": -2.0} if p != " and" else {p: -0.2, " or": -2.0} for p in pieces]
+    logprobs = {"tokens": pieces, "token_logprobs": [-0.2] * len(pieces), "top_logprobs": tops, "text_offset": offsets}
+    return completions_answer("m", [{"index": 0, "text": body["prompt"], "logprobs": logprobs}])
+
+
+def test_distill_score_through_a_server_writes_samples_that_align(tmp_path, data_dir, t5_tokenizer):
+    from specialight.cli import cli_main
+    from tests.conftest import TOKENIZERS
+
+    with Loopback(word_echo) as server:
+        args = ["distill", "--teacher", "openai:m", "--base_url", server.base_url, "--score", "--limit", "2"]
+        assert cli_main([*args, "--out", str(tmp_path / "scored"), "--data_dir", str(data_dir)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "scored" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {r["finish_reason"] for r in rows} == {"scored"}
+    assert all("The answer is" in r["text"] and len(r["tokens"]) == len(r["top_tokens"]) for r in rows)
+    aligned = ["align", "--samples", str(tmp_path / "scored"), "--out", str(tmp_path / "aligned")]
+    assert cli_main([*aligned, "--student_tokenizer", str(TOKENIZERS / "t5"), "--data_dir", str(data_dir)]) == 0
+    assert (tmp_path / "aligned" / "targets.arrow").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,10 @@ def gsm8k_ids(folder: str) -> frozenset[str]:
 
 
 @dataclass
-class _Worker:
+class Aligner:
+    """What aligning samples onto one student needs, built once per process (``align``'s workers, on-policy
+    training): the student's tokenizer, its token surfaces and vocabulary map, and the known question ids."""
+
     settings: AlignSettings
     tokenizer: object = field(init=False)
     vocabulary: VocabularyMap = field(init=False)
@@ -96,12 +99,12 @@ class _Worker:
         return sample
 
 
-_WORKER: _Worker | None = None
+_WORKER: Aligner | None = None
 
 
 def _init_worker(settings: AlignSettings) -> None:
     global _WORKER
-    _WORKER = _Worker(settings)
+    _WORKER = Aligner(settings)
 
 
 def dropped_because(sample: TeacherSample, settings: AlignSettings, student_ids: list[int]) -> str | None:
@@ -116,7 +119,7 @@ def dropped_because(sample: TeacherSample, settings: AlignSettings, student_ids:
 
 
 def align_sample(
-    sample: TeacherSample, worker: _Worker, text: str, student_ids: list[int]
+    sample: TeacherSample, worker: Aligner, text: str, student_ids: list[int]
 ) -> tuple[dict | None, str | None]:
     """One sample (``text`` as the student sees it, ``student_ids`` its tokens) to one output row, or
     ``(None, reason)`` when it is dropped."""
@@ -190,7 +193,7 @@ def _results(
 ) -> Iterator[tuple[dict | None, str | None]]:
     """Rows in input order; JSON parsing, tokenizing and aligning all happen in the workers."""
     if num_proc <= 1:
-        worker = _Worker(settings)
+        worker = Aligner(settings)
         for chunk in _chunks(path):
             yield from worker.align_lines(chunk)
         return

@@ -26,10 +26,11 @@ def build_teacher(
     device: str = "cpu",
     score: bool = False,
 ) -> Teacher:
-    """The teacher a spec names; ``score``: it must score given texts (only local teachers can).
+    """The teacher a spec names; ``score``: one that scores given texts (in process, or a server through
+    `ServerScorer`).
 
-    `DataError` (one line) for a bad spec, an ``openai:`` teacher without ``base_url``, or ``score`` with
-    an ``openai:`` teacher; checked before any model is loaded.
+    `DataError` (one line) for a bad spec or an ``openai:`` teacher without ``base_url``; checked before any
+    model is loaded.
     """
     kind, name = parse_teacher(spec)
     if kind == "local":
@@ -39,7 +40,11 @@ def build_teacher(
     if not base_url:
         raise DataError("--teacher openai:MODEL needs --base_url (e.g. http://127.0.0.1:8080/v1)")
     if score:
-        raise DataError("--score needs a local teacher (local:PATH_OR_ID)")
+        import os
+
+        from specialight.teacher.server_scoring import ServerScorer
+
+        return ServerScorer(base_url, name, os.environ.get(api_key_env))
     from specialight.teacher.backends import OpenAITeacher
 
     return OpenAITeacher(name, base_url, endpoint, api_key_env, max_retries=max_retries)

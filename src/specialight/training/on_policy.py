@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from specialight.align.project import KINDS
-from specialight.align.run import _Worker, align_sample
+from specialight.align.run import Aligner, align_sample
 from specialight.align.settings import AlignSettings
 from specialight.core.constants import IGNORE_INDEX
 from specialight.core.models import resolve_model
@@ -150,8 +150,9 @@ class OnPolicyDistillation(L.Callback):
             teacher_scheme="text",
             top_k=self.top_k,
             max_length=self.encoder.max_target_length - 1,
+            data_dir=datamodule.hparams.data_dir,
         )
-        self.aligner = _Worker(settings)
+        self.aligner = Aligner(settings)
         self.scorer = build_scorer(self.teacher, self.base_url, self.api_key_env)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="on-policy-teacher")
 
