@@ -63,7 +63,7 @@ class SpecializationModule(L.LightningModule):
 
     Args:
         model_name_or_path: student folder, hub id or alias (`specialight.core.models.resolve_model`).
-        loss: `SampleMatching` (cross-entropy) or `DistributionMatching` (KL to the teacher's top-k).
+        loss: `SampleMatching` (cross-entropy) or a divergence to the teacher's top-k (`DistributionMatching`...).
         learning_rate: peak AdamW learning rate (the paper: 5e-4).
         weight_decay: AdamW weight decay.
         warmup: warm-up steps (>= 1) or a fraction of all optimizer steps (< 1).
@@ -255,6 +255,8 @@ class SpecializationModule(L.LightningModule):
         loss = self.batch_loss(batch)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if (mass := self.loss.teacher_topk_mass(self.targets(batch))) is not None:  # the top-k's share of the teacher
+            self.log("train/teacher_topk_mass", mass, batch_size=size)
         formats = batch["format_ids"].unique()
         if formats.numel() == 1:
             self.log(f"train/loss_{FORMATS[int(formats)]}", loss, batch_size=size)
