@@ -86,16 +86,16 @@ def test_distribution_matching_refuses_batches_without_teacher_targets():
         DistributionMatching().from_logits(torch.randn(B, T, V), {"labels": torch.zeros(B, T, dtype=torch.long)})
 
 
-def test_hand_written_backward_matches_autograd():
+def test_the_zero_tail_option_is_the_papers_kl_on_the_top_k_alone():
     torch.manual_seed(5)
     logits = torch.randn(B, T, V, dtype=torch.float64, requires_grad=True)
-    ids = torch.randint(0, V, (B, T, K))
+    ids = torch.rand(B, T, V).argsort(-1)[..., :K]  # distinct ids: the paper's targets
     probs = torch.rand(B, T, K, dtype=torch.float64) / K
     labels = torch.randint(0, V, (B, T))
     labels[1, 2:] = IGNORE_INDEX
     formats = torch.tensor([COT, AO, COT])
     data = {"labels": labels, "topk_ids": ids, "topk_probs": probs, "format_ids": formats}
-    DistributionMatching().from_logits(logits, data).backward()
+    DistributionMatching(zero_tail=True).from_logits(logits, data).backward()
     ours = logits.grad.clone()
 
     logits.grad = None
@@ -107,8 +107,20 @@ def test_hand_written_backward_matches_autograd():
     ((per_token * mask).sum() / mask.sum()).backward()
     torch.testing.assert_close(ours, logits.grad)
     assert torch.autograd.gradcheck(
-        lambda z: DistributionMatching().from_logits(z, data), (logits.detach().clone().requires_grad_(True),)
+        lambda z: DistributionMatching(zero_tail=True).from_logits(z, data),
+        (logits.detach().clone().requires_grad_(True),),
     )
+
+
+def test_the_zero_tail_can_go_negative_and_the_rest_bin_cannot():
+    logits = torch.zeros(1, 1, V)
+    logits[0, 0, 0] = 5.0  # the student gives id 0 about 0.93
+    ids = torch.arange(K).view(1, 1, K)
+    probs = torch.tensor([[[0.5, 0.0, 0.0, 0.0]]])  # the teacher gives it 0.5 and the rest of its mass elsewhere
+    data = {"labels": torch.zeros(1, 1, dtype=torch.long), "topk_ids": ids, "topk_probs": probs}
+    data["format_ids"] = torch.tensor([COT])
+    assert DistributionMatching(zero_tail=True).from_logits(logits, data).item() < -0.1
+    assert DistributionMatching().from_logits(logits, data).item() > 0.1
 
 
 def chunked_case(dtype=torch.float64, d=6, t=9):

@@ -126,3 +126,20 @@ def test_soft_capping_is_applied(tmp_path):
 def test_a_student_with_an_unknown_output_scale_is_refused(tmp_path):
     with pytest.raises(ValueError, match="output scale or offset"):
         SpecializationModule(save_model("granite", tmp_path)).configure_model()
+
+
+def test_training_step_logs_the_teacher_top_k_mass(tmp_path):
+    module = SpecializationModule(save_model("gpt2", tmp_path), loss=DistributionMatching())
+    module.configure_model()
+    logged = {}
+    module.log = lambda name, value, **options: logged.__setitem__(name, float(value))
+    batch = make_batch(False)
+    module.training_step(batch, 0)
+    shifted = module.targets(batch)
+    matched = (shifted["labels"] != IGNORE_INDEX) & (batch["format_ids"] == COT).unsqueeze(-1)
+    expected = shifted["topk_probs"].sum(-1)[matched].mean()
+    assert logged["train/teacher_topk_mass"] == pytest.approx(expected.item(), rel=1e-6)
+    assert 0 < logged["train/teacher_topk_mass"] < 1 and "train/loss" in logged
+    logged.clear()
+    module.training_step({**batch, "format_ids": torch.tensor([AO, AO, AO])}, 0)
+    assert "train/teacher_topk_mass" not in logged  # nothing matched against the teacher: nothing to report

@@ -29,3 +29,17 @@ def test_the_authors_cosine_spans_ten_epochs_of_batches(tiny_gpt2_dir):
 def test_cosine_horizon_must_be_positive(tiny_gpt2_dir):
     with pytest.raises(ValueError, match="cosine_horizon must be positive"):
         SpecializationModule(str(tiny_gpt2_dir), cosine_horizon=0)
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 10])
+def test_the_schedule_is_transformers_cosine_with_warmup_from_zero(tiny_gpt2_dir, warmup):
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    optimizer, factor = schedule(tiny_gpt2_dir, warmup=warmup, cosine_horizon=10)  # a horizon of 10 x 20 batches
+    reference = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1.0), warmup, 200)
+    assert [factor(step) for step in range(201)] == [reference.lr_lambdas[0](step) for step in range(201)]
+    # Lightning steps the scheduler after the optimizer: the first step runs at the factor of step 0
+    assert optimizer.param_groups[0]["lr"] == 5e-4 * factor(0)
+    if warmup:
+        assert factor(0) == 0.0 and factor(warmup) == 1.0

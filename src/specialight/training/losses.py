@@ -4,12 +4,14 @@ A plugin is a small `nn.Module` that writes only its per-position math, `Special
 on logits ``[..., V]``, and the targets it reads from a batch, `SpecializationLoss.position_targets`.
 The base class does the rest once: masking of ignored positions, the token mean and memory.
 
+Plugins: `SampleMatching` (cross-entropy on the target text) and the divergences to the teacher's top-k
+on the (k+1)-bin partition (`specialight.training.divergences`): `DistributionMatching` (forward KL, the
+paper's), `ReverseKL`, `GeneralizedJSD`, `SkewKL` and `TotalVariation`.
+
 Memory: the student's logits ``[B, T, V]`` are never held whole. `SpecializationLoss.forward` takes the
 final hidden states ``hidden`` ``[B, T, D]`` and the output layer `OutputHead`, keeps only the scored
-positions and walks them in chunks of about `SpecializationLoss.chunk_elements` logits: per chunk it
-projects, computes the loss, and (in backward, recomputing the chunk's logits) the gradient with
-respect to the hidden states and the projection's weight and bias, as torchtune's chunked-output losses
-and cut-cross-entropy do. `SpecializationLoss.from_logits` is the dense path on whole logits, for
+positions and walks them in chunks of about `SpecializationLoss.chunk_elements` logits
+(`specialight.training.chunked`). `SpecializationLoss.from_logits` is the dense path on whole logits, for
 logits one already has (and tests of the math).
 
 Shapes: ``hidden`` ``[B, T, D]`` (or logits ``[B, T, V]``) already aligned with ``batch["labels"]``
@@ -23,45 +25,29 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from specialight.core.constants import FORMATS, IGNORE_INDEX
-
-
-def _wide(tensor: Tensor) -> Tensor:
-    """``tensor`` in at least float32 (bf16/fp16 logits are summed in fp32; fp64 stays fp64)."""
-    return tensor if tensor.dtype == torch.float64 else tensor.float()
+from specialight.training.chunked import ChunkedHeadLoss, OutputHead
+from specialight.training.divergences import (
+    BinLogProbs,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    skew_kl,
+    teacher_bins,
+    total_variation,
+    wide_float,
+)
 
 
 def _token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
     """Mean over the unmasked positions of ``[B, T]`` values (0 when nothing is unmasked)."""
     return (per_token * mask).sum() / mask.sum().clamp_min(1)
-
-
-@dataclass
-class OutputHead:
-    """The student's output layer: ``logits = softcap(hidden @ weight.T + bias)``.
-
-    ``weight`` ``[V, D]`` and ``bias`` ``[V]`` are the model's own parameters (gradients reach them);
-    ``softcap`` is ``c`` in ``c * tanh(z / c)`` (Gemma's final logit soft-capping) or None. Any scaling of
-    the hidden states before the projection (T5's ``d_model ** -0.5`` with tied embeddings) is the
-    caller's, already applied to ``hidden``.
-    """
-
-    weight: Tensor
-    bias: Tensor | None = None
-    softcap: float | None = None
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        """``[..., D]`` hidden states -> ``[..., V]`` logits."""
-        logits = nn.functional.linear(hidden, self.weight, self.bias)
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
 
 
 class SpecializationLoss(nn.Module):
@@ -89,7 +75,7 @@ class SpecializationLoss(nn.Module):
         """Token mean of `per_position` over the scored positions, from ``hidden`` ``[B, T, D]``; scalar."""
         scored = batch["labels"] != IGNORE_INDEX  # [B, T]
         targets = {key: value[scored] for key, value in self.position_targets(batch).items()}  # [N, ...]
-        total = _ChunkedHeadLoss.apply(hidden[scored], head.weight, head.bias, head.softcap, self, targets)
+        total = ChunkedHeadLoss.apply(hidden[scored], head.weight, head.bias, head.softcap, self, targets)
         return total / scored.sum().clamp_min(1)
 
     def from_logits(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
@@ -109,6 +95,10 @@ class SpecializationLoss(nn.Module):
     def needs_teacher_distributions(self) -> bool:
         """Whether batches must carry ``topk_ids``/``topk_probs``."""
         return False
+
+    def teacher_topk_mass(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """The teacher's mean top-k probability sum over the positions scored against it (None: none are)."""
+        return None
 
 
 def _recording_init(init):
@@ -136,80 +126,35 @@ def _recording_init(init):
     return recording_init
 
 
-class _ChunkedHeadLoss(torch.autograd.Function):
-    """Sum over positions of ``loss.per_position(head(hidden))``, chunk by chunk, never all logits at once.
-
-    Forward keeps no logits; backward recomputes each chunk's logits, takes the gradient of the chunk's
-    loss with respect to them, and turns it at once into gradients of ``hidden`` ``[N, D]``, ``weight``
-    ``[V, D]`` (accumulated in place, in the weight's dtype) and ``bias`` ``[V]``. Autocast, where on in
-    forward, is on again in backward, so logits are computed in the same precision both times.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, softcap, loss, targets):  # noqa: ANN001, ANN205 (autograd API)
-        device = hidden.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.softcap, ctx.loss, ctx.targets = softcap, loss, targets
-        ctx.save_for_backward(hidden, weight, bias)
-        head = OutputHead(weight, bias, softcap)
-        total = hidden.new_zeros((), dtype=_wide(hidden).dtype)
-        for rows in _chunks(hidden.shape[0], weight.shape[0], loss.chunk_elements):
-            chunk = {key: value[rows] for key, value in targets.items()}
-            total += loss.per_position(head.logits(hidden[rows]), chunk).sum()
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total: Tensor):  # noqa: ANN205 (autograd API)
-        hidden, weight, bias = ctx.saved_tensors
-        device, autocast, autocast_dtype = ctx.autocast
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
-        for rows in _chunks(hidden.shape[0], weight.shape[0], ctx.loss.chunk_elements):
-            chunk = {key: value[rows] for key, value in ctx.targets.items()}
-            inputs = hidden[rows].detach()
-            with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype, enabled=autocast):
-                projected = nn.functional.linear(inputs, weight.detach(), None if bias is None else bias.detach())
-                projected = projected.detach().requires_grad_(True)
-                logits = projected
-                if ctx.softcap is not None:
-                    logits = torch.tanh(projected / ctx.softcap) * ctx.softcap
-                per_position = ctx.loss.per_position(logits, chunk)
-                (grad_logits,) = torch.autograd.grad(per_position.sum(), projected)
-            grad_logits = grad_logits.to(weight.dtype) * grad_total.to(weight.dtype)  # [n, V]
-            if grad_hidden is not None:
-                grad_hidden[rows] = (grad_logits @ weight).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T, inputs.to(weight.dtype))
-            if grad_bias is not None:
-                grad_bias += grad_logits.sum(0)
-        return grad_hidden, grad_weight, grad_bias, None, None, None
-
-
-def _chunks(positions: int, vocabulary: int, chunk_elements: int) -> list[slice]:
-    """Slices of ``positions`` rows, each of at most ``chunk_elements // vocabulary`` rows (at least 1)."""
-    size = max(chunk_elements // vocabulary, 1)
-    return [slice(start, min(start + size, positions)) for start in range(0, positions, size)]
-
-
 class SampleMatching(SpecializationLoss):
     """Token cross-entropy on the target text (a teacher sample or a gold rationale)."""
 
     def per_position(self, logits: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        return nn.functional.cross_entropy(_wide(logits).movedim(-1, 1), targets["labels"], reduction="none")
+        return nn.functional.cross_entropy(wide_float(logits).movedim(-1, 1), targets["labels"], reduction="none")
 
 
-class DistributionMatching(SpecializationLoss):
-    """KL(teacher top-k || student) per position, on the formats listed in ``formats``.
+COT_FORMATS = ("in_context_cot", "zero_shot_cot")  # where the paper matches distributions
 
-    ``sum_k p_k (log p_k - log q_k)``, where ``q_k`` is the student's probability of teacher top-k id k,
-    read by gathering ``k`` logits and subtracting the log-normalizer: memory ``O(B T k)`` beyond the
-    student's own logits, never a dense ``[B, T, V]`` teacher tensor. With the paper's zero tail the
-    ``p_k`` sum to less than one and the rest of the vocabulary carries no target mass. Examples in other
-    formats (answer-only by default, as in the paper) get cross-entropy on their labels.
+
+def _bin_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype of the ``[..., k + 1]`` bin math: float64 (cheap at that size), float32 where the device has no
+    float64 (Apple's MPS)."""
+    return torch.float32 if tensor.device.type == "mps" else torch.float64
+
+
+class TopKDivergence(SpecializationLoss):
+    """Base of the divergences to the teacher's top-k, on the (k+1)-bin partition, on the formats in ``formats``.
+
+    The top-k ids and one bin for the rest of the vocabulary, on both sides (`specialight.training.divergences`):
+    each value is a true divergence of the two coarse-grained distributions, never negative. The student's
+    bins are read by gathering ``k`` logits and two log-sum-exps: memory ``O(B T k)`` beyond the student's
+    own logits, never a dense ``[B, T, V]`` teacher tensor. Positions without a teacher distribution (a
+    one-hot target: outside the aligned CoT text, or not one-to-one) and examples in other formats
+    (answer-only by default, as in the paper) get cross-entropy on their labels. A subclass defines
+    `divergence`.
     """
 
-    def __init__(self, formats: tuple[str, ...] = ("in_context_cot", "zero_shot_cot")) -> None:
+    def __init__(self, formats: tuple[str, ...] = COT_FORMATS) -> None:
         super().__init__()
         chosen = torch.zeros(len(FORMATS), dtype=torch.bool)
         for fmt in formats:
@@ -224,51 +169,110 @@ class DistributionMatching(SpecializationLoss):
         return True
 
     def position_targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``labels``, ``topk_ids`` ``[B, T, k]``, the teacher's bins and the bins that count ``[B, T, k + 1]``
+        (`divergences.teacher_bins`), and ``use`` ``[B, T]`` (chosen format, not one-hot)."""
         if "topk_ids" not in batch:
             raise ValueError(
-                "DistributionMatching needs teacher top-k targets in the batch: give the data module aligned "
+                f"{type(self).__name__} needs teacher top-k targets in the batch: give the data module aligned "
                 "targets from `specialight align` (teacher_data: DIR), or use SampleMatching"
             )
         labels = batch["labels"].clamp_min(0)
-        use_kl = self.chosen[batch["format_ids"]].unsqueeze(-1).expand_as(labels)  # [B, T]
-        ids, probs = batch["topk_ids"], batch["topk_probs"].detach()
-        return {"labels": labels, "topk_ids": ids, "topk_probs": probs, "use_kl": use_kl}
+        probs = batch["topk_probs"].detach()
+        teacher, valid = teacher_bins(batch["topk_ids"], probs.to(_bin_dtype(probs)))
+        one_hot = (probs >= 1).any(-1)
+        use = self.chosen[batch["format_ids"]].unsqueeze(-1).expand_as(labels) & ~one_hot
+        return {"labels": labels, "topk_ids": batch["topk_ids"], "teacher": teacher, "valid": valid, "use": use}
 
     def per_position(self, logits: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        ids, probs, labels, use_kl = (targets[key] for key in ("topk_ids", "topk_probs", "labels", "use_kl"))
-        return SparseKL.apply(logits, ids, probs, labels, use_kl)
+        log_student = BinLogProbs.apply(logits, targets["topk_ids"], targets["labels"])  # [..., k + 2]
+        bins, valid = log_student[..., :-1].to(_bin_dtype(logits)), targets["valid"]
+        # k + 1 numbers in fp64, summing to one exactly (the same function of the logits, so the same gradient):
+        # a divergence of two distributions then stays >= 0 beyond fp32 logits' rounding
+        bins = bins - torch.logsumexp(bins.masked_fill(~valid, -math.inf), -1, keepdim=True)
+        value = self.divergence(targets["teacher"], bins, valid).to(log_student.dtype)
+        return torch.where(targets["use"], value, -log_student[..., -1])
+
+    def divergence(self, teacher: Tensor, log_student: Tensor, valid: Tensor) -> Tensor:
+        """The divergence of the bins: ``teacher``, ``log_student``, ``valid`` ``[..., k + 1]`` -> ``[...]``."""
+        raise NotImplementedError
+
+    def teacher_topk_mass(self, batch: dict[str, Tensor]) -> Tensor | None:
+        targets = self.position_targets(batch)
+        counted = targets["use"] & (batch["labels"] != IGNORE_INDEX)
+        if not bool(counted.any()):
+            return None
+        return (1 - targets["teacher"][..., -1])[counted].mean()
 
 
-class SparseKL(torch.autograd.Function):
-    """Per-position KL to sparse top-k targets (where ``use_kl``) or cross-entropy on ``labels`` (elsewhere).
+class DistributionMatching(TopKDivergence):
+    """Forward KL, ``KL(teacher || student)`` on the (k+1)-bin partition (`divergences.forward_kl`; the paper's
+    loss, mean-seeking).
 
-    A hand-written backward keeps the memory of plain cross-entropy: the gradient
-    ``(sum_k p_k) softmax(z) - scatter(p)`` (KL) or ``softmax(z) - onehot(label)`` (CE) is built in one
-    ``[..., V]`` buffer, where autograd through ``logsumexp`` and ``gather`` would hold two or three.
-    Shapes: ``logits`` ``[..., V]``, ``ids``/``probs`` ``[..., k]``, ``labels``/``use_kl`` ``[...]``;
-    returns ``[...]``. The teacher ``probs`` get no gradient.
+    ``zero_tail=True`` drops the rest bin, as the paper's code did: the top-k ``p_k`` then sum to less than
+    one, the rest of the vocabulary carries no target mass, and the value can be negative.
     """
 
-    @staticmethod
-    def forward(ctx, logits: Tensor, ids: Tensor, probs: Tensor, labels: Tensor, use_kl: Tensor) -> Tensor:
-        log_normalizer = torch.logsumexp(_wide(logits), dim=-1)  # [...]
-        probs = probs.to(log_normalizer.dtype)
-        student = _wide(torch.gather(logits, -1, ids)) - log_normalizer.unsqueeze(-1)  # [..., k]
-        teacher_log = torch.where(probs > 0, probs.clamp_min(1e-30).log(), torch.zeros_like(probs))
-        kl = (probs * (teacher_log - student)).sum(-1)
-        cross_entropy = log_normalizer - _wide(torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1))
-        ctx.save_for_backward(logits, ids, probs, labels, use_kl, log_normalizer)
-        return torch.where(use_kl, kl, cross_entropy)
+    def __init__(self, formats: tuple[str, ...] = COT_FORMATS, zero_tail: bool = False) -> None:
+        super().__init__(formats)
+        self.zero_tail = zero_tail
 
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        logits, ids, probs, labels, use_kl, log_normalizer = ctx.saved_tensors
-        grad_output = grad_output.to(log_normalizer.dtype)
-        mass = torch.where(use_kl, probs.sum(-1), torch.ones_like(grad_output))  # [...]
-        grad = (_wide(logits) - log_normalizer.unsqueeze(-1)).exp_()  # softmax, [..., V]
-        grad.mul_((grad_output * mass).unsqueeze(-1))
-        kl_weight = torch.where(use_kl, grad_output, torch.zeros_like(grad_output)).unsqueeze(-1)
-        grad.scatter_add_(-1, ids, -(probs * kl_weight))
-        ce_weight = torch.where(use_kl, torch.zeros_like(grad_output), grad_output).unsqueeze(-1)
-        grad.scatter_add_(-1, labels.unsqueeze(-1), -ce_weight)
-        return grad.to(logits.dtype), None, None, None, None
+    def divergence(self, teacher: Tensor, log_student: Tensor, valid: Tensor) -> Tensor:
+        if self.zero_tail:
+            valid = torch.cat([valid[..., :-1], torch.zeros_like(valid[..., -1:])], -1)
+        return forward_kl(teacher, log_student, valid)
+
+
+class ReverseKL(TopKDivergence):
+    """Reverse KL, ``KL(student || teacher)`` (MiniLLM's; mode-seeking; `divergences.reverse_kl`). Teacher bins
+    below ``teacher_floor`` are raised to it (and renormalized): an empty teacher bin would make it infinite,
+    and fp32 probabilities sum to one only to about 1e-7, so a smaller teacher rest is rounding noise."""
+
+    def __init__(self, formats: tuple[str, ...] = COT_FORMATS, teacher_floor: float = 1e-6) -> None:
+        super().__init__(formats)
+        if not 0 < teacher_floor < 1:
+            raise ValueError(f"teacher_floor must be in (0, 1), got {teacher_floor}")
+        self.teacher_floor = teacher_floor
+
+    def divergence(self, teacher: Tensor, log_student: Tensor, valid: Tensor) -> Tensor:
+        return reverse_kl(teacher, log_student, valid, self.teacher_floor)
+
+
+class GeneralizedJSD(TopKDivergence):
+    """GKD's generalized JSD with TRL's convention: ``beta KL(p || m) + (1 - beta) KL(q || m)``,
+    ``m = beta p + (1 - beta) q``, ``p`` the teacher; ``beta = 0``: forward KL, ``1``: reverse KL
+    (`divergences.generalized_jsd`; ``teacher_floor`` as in `ReverseKL`, used only at ``beta = 1``)."""
+
+    def __init__(
+        self,
+        formats: tuple[str, ...] = COT_FORMATS,
+        beta: float = 0.5,
+        teacher_floor: float = 1e-6,
+    ) -> None:
+        super().__init__(formats)
+        if not 0 <= beta <= 1:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        self.beta, self.teacher_floor = beta, teacher_floor
+
+    def divergence(self, teacher: Tensor, log_student: Tensor, valid: Tensor) -> Tensor:
+        return generalized_jsd(teacher, log_student, valid, self.beta, self.teacher_floor)
+
+
+class SkewKL(TopKDivergence):
+    """DistiLLM's skew KL, ``KL(p || alpha p + (1 - alpha) q)``, ``p`` the teacher (`divergences.skew_kl`;
+    ``alpha = 0``: forward KL; DistiLLM's default 0.1)."""
+
+    def __init__(self, formats: tuple[str, ...] = COT_FORMATS, alpha: float = 0.1) -> None:
+        super().__init__(formats)
+        if not 0 <= alpha < 1:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        self.alpha = alpha
+
+    def divergence(self, teacher: Tensor, log_student: Tensor, valid: Tensor) -> Tensor:
+        return skew_kl(teacher, log_student, valid, self.alpha)
+
+
+class TotalVariation(TopKDivergence):
+    """Total variation distance, ``(1/2) sum |p - q|`` over the bins (`divergences.total_variation`)."""
+
+    def divergence(self, teacher: Tensor, log_student: Tensor, valid: Tensor) -> Tensor:
+        return total_variation(teacher, log_student, valid)

@@ -1,10 +1,9 @@
 """`SpecializationModule`: the one LightningModule; every experiment is a config of it.
 
-The student is an encoder-decoder (T5/FlanT5) or a decoder-only model, loaded by `specialight.core.models`.
-The loss is a plugin (`specialight.training.losses`) chosen by ``class_path``; checkpoints store it as
-``{"class_path", "init_args"}`` so ``load_from_checkpoint`` rebuilds the same plugin. AdamW with a linear
-warm-up and a cosine decay, over the run's optimizer steps or over a horizon of ``cosine_horizon`` epochs'
-worth of batches (the authors: lr 5e-4, 10 warm-up steps, a cosine spanning ten epochs' batches).
+The student is an encoder-decoder (T5/FlanT5) or a decoder-only model (`specialight.core.models`). The loss is
+a plugin (`specialight.training.losses`) chosen by ``class_path``; checkpoints store its ``{"class_path",
+"init_args"}`` so ``load_from_checkpoint`` rebuilds it. AdamW, a linear warm-up from 0 (the first step at rate 0),
+a cosine over the run's steps or ``cosine_horizon`` epochs' batches: the authors' ``get_cosine_schedule_with_warmup``.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ class SpecializationModule(L.LightningModule):
 
     Args:
         model_name_or_path: student folder, hub id or alias (`specialight.core.models.resolve_model`).
-        loss: `SampleMatching` (cross-entropy) or `DistributionMatching` (KL to the teacher's top-k).
+        loss: `SampleMatching` (cross-entropy) or a divergence to the teacher's top-k (`DistributionMatching`...).
         learning_rate: peak AdamW learning rate (the paper: 5e-4).
         weight_decay: AdamW weight decay.
         warmup: warm-up steps (>= 1) or a fraction of all optimizer steps (< 1).
@@ -258,6 +257,8 @@ class SpecializationModule(L.LightningModule):
         loss = self.batch_loss(batch)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if (mass := self.loss.teacher_topk_mass(self.targets(batch))) is not None:  # the top-k's share of the teacher
+            self.log("train/teacher_topk_mass", mass, batch_size=size)
         formats = batch["format_ids"].unique()
         if formats.numel() == 1:
             self.log(f"train/loss_{FORMATS[int(formats)]}", loss, batch_size=size)
@@ -288,8 +289,8 @@ class SpecializationModule(L.LightningModule):
             total = max(int(hp.cosine_horizon * self.trainer.num_training_batches), warmup + 1)
 
         def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
+            if step < warmup:  # from 0, as transformers' (Lightning steps the scheduler after the optimizer)
+                return step / warmup
             progress = min((step - warmup) / max(total - warmup, 1), 1.0)
             return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
