@@ -62,14 +62,14 @@ def student(tiny_t5_dir, tmp_path_factory):
     return folder
 
 
-def fit_args(student, data_dir, root, steps_out, teacher: str, *extra: str) -> list[str]:
-    """Seven steps of distribution matching on a tiny T5, a round every 2 steps, every batch on-policy once
+def fit_args(student, data_dir, root, steps_out, teacher: str, *extra: str, loss: str = "GeneralizedJSD") -> list[str]:
+    """Seven steps of a divergence (JSD by default) on a tiny T5, a round every 2 steps, every batch on-policy once
     the buffer holds rows."""
     return [
         "fit",
         "--seed_everything=3",
         f"--model.model_name_or_path={student}",
-        "--model.loss=specialight.training.losses.DistributionMatching",
+        f"--model.loss=specialight.training.losses.{loss}",
         "--model.learning_rate=0.001",
         f"--data.data_dir={data_dir}",
         "--data.limit=12",
@@ -137,6 +137,7 @@ def test_a_served_teacher_on_another_tokenizer_drives_an_on_policy_fit(tiny_t5_d
                 tmp_path / "steps",
                 "openai:teacher",
                 f"--trainer.callbacks.base_url={server.base_url}",
+                loss="ReverseKL",
             )
         )
         assert any(body.get("echo") for body in server.bodies)
