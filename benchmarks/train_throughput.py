@@ -127,7 +127,9 @@ def child(args: argparse.Namespace, arm: str) -> dict:
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-4000:])
         raise SystemExit(f"the {arm} arm failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    sys.stderr.write(f"{arm} arm: {figures}\n")  # visible while the other arm runs
+    return figures
 
 
 def main() -> int:

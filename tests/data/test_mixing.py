@@ -185,6 +185,11 @@ def test_a_token_budget_fills_batches_up_to_it_padding_counted_and_shards_them()
     assert min(rows[0]) > max(rows[3]) and max(rows[0]) == 16  # 64-token rows: 16 to a batch
     mine = [list(s) for s in shards]
     assert len(mine[0]) == len(mine[1]) and not {u for b in mine[0] for u in b} & {u for b in mine[1] for u in b}
+    again = FormatBatchSampler(
+        formats, lengths, 8, seed=4, rank=1, world_size=2, max_tokens=1024, pad_to_multiple_of=64
+    )
+    again.resume = (0, 2)  # a run resumed after two of its batches takes the rest of the same ones
+    assert list(again) == mine[1][2:]
     per_format = FormatBatchSampler(formats, lengths, 8, seed=4, max_tokens={0: 512})  # CoT keeps its count of 8
     assert {len(b) for b in per_format._all_batches() if formats[b[0]] == 3} == {4, 8}
 
