@@ -1,11 +1,12 @@
 """A disk cache of evaluations, so that a second run does not evaluate the same untouched base model again.
 
 An entry is keyed by a sha256 of the model's weights (every ``state_dict`` tensor's name, dtype, shape and
-bytes), of the suite settings (every `EvalSettings` field), of what else shapes the results (the suite
-kinds run, the numeric precision, the number of ranks) and of `SCORER_VERSION`, the version of the code
-that generates and scores completions. It holds the `Results` (``results.json``, per-example likelihoods
-included) and the files the evaluation wrote (``<suite>.jsonl``, ``nll.jsonl``, ``summary.json``), which a
-hit copies into the new run's folder, so both runs keep the same per-example records. Entries live under
+bytes), of the suite settings (every `EvalSettings` field), of what else shapes the results (the caller
+names it: the suite kinds run, the numeric precision, the number of ranks, the tokenizer) and of
+`SCORER_VERSION`, the version of the code that generates and scores completions. It holds the `Results`
+(``results.json``, per-example likelihoods included) and the files the evaluation wrote (``<suite>.jsonl``,
+``nll.jsonl``, ``summary.json``), which a hit copies into the new run's folder, so both runs keep the same
+per-example records. Entries live under
 ``$SPECIALIGHT_CACHE/evaluations`` (default ``~/.cache/specialight/evaluations``) and are written whole
 (a temporary folder renamed into place) or not at all.
 """

@@ -150,7 +150,12 @@ class PeriodicEvaluation(L.Callback):
             )
             if not (self.cache_initial and untouched and not is_sharded(pl_module.model)):
                 return run(), {}
-            context = {"kinds": sorted(kinds), "precision": str(trainer.precision), "ranks": trainer.world_size}
+            context = {
+                "kinds": sorted(kinds),
+                "precision": str(trainer.precision),
+                "ranks": trainer.world_size,
+                "tokenizer": pl_module.hparams.model_name_or_path,
+            }
             key = result_cache.evaluation_key(pl_module.model, self.settings, context)
             cached = result_cache.load(key, out) if trainer.is_global_zero else None
             cached = trainer.strategy.broadcast(cached, src=0)  # every rank takes the same path
