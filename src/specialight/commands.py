@@ -203,11 +203,13 @@ def served_evaluator(
 
 
 def plot(logdir: list[str] | str, out: str) -> int:
-    """Draw the specialization curves from logged runs (and the scaling plot for runs of several sizes).
+    """Draw the specialization curves from logged runs, the dose-response figure (accuracy and likelihood on
+    GSM8K dev and M-A-S dev against training examples seen), the likelihood panels, and the scaling plot for
+    runs of several sizes.
 
     Args:
         logdir: a run folder (or a folder of runs) holding evaluations.jsonl, or a list of them.
-        out: PNG file for the curves (a _scaling PNG is added beside it).
+        out: PNG file for the curves (_dose_response, _likelihood and _scaling PNGs are added beside it).
     """
     from specialight.reporting.plots import plot_runs
 

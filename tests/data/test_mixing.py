@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from specialight.core.constants import IGNORE_INDEX
+from specialight.data.batching import FormatBatchSampler
 from specialight.data.datamodule import SpecializationDataModule
 from specialight.data.formats import FORMATS, answer_target, newline_separator, render
-from specialight.data.mixing import epoch_units
+from specialight.data.mixing import EpochMix, epoch_units
 from specialight.data.records import TeacherSample
 from specialight.data.tasks import DataError, load_examples
 
@@ -129,3 +130,89 @@ def test_gold_rationale_targets_end_with_the_answer_line(tiny_gpt2_dir, data_dir
         assert target[-1] == tokenizer.eos_token_id
         text = tokenizer.decode(target[:-1])
         assert re.search(r"\nThe answer is [^\n]+\.$", text), text
+
+
+def _subset(units: list[tuple[int, int]], fmt: str) -> list[int]:
+    return [i for i, f in units if FORMATS[f] == fmt]
+
+
+def test_fractional_weights_draw_a_fresh_subset_each_epoch_from_their_own_generator():
+    questions = [f"q{i}" for i in range(40)]
+    formats = {"zero_shot_cot": 1.5, "zero_shot_answer_only": 0.25}
+    first, second = (epoch_units(questions, formats, seed=3, epoch=e) for e in (0, 1))
+    for fmt, whole, drawn in (("zero_shot_cot", 40, 20), ("zero_shot_answer_only", 0, 10)):
+        a, b = _subset(first, fmt), _subset(second, fmt)
+        assert len(a) == len(b) == whole + drawn
+        extra_a, extra_b = set(a[whole:]), set(b[whole:])
+        assert extra_a != extra_b and len(extra_a | extra_b) > drawn  # the rest of the pool comes into view
+    assert epoch_units(questions, formats, seed=3, epoch=1) == second  # a pure function: resumable
+    reweighted = epoch_units(questions, {"zero_shot_cot": 1.8, "zero_shot_answer_only": 0.25}, seed=3, epoch=0)
+    assert _subset(reweighted, "zero_shot_answer_only") == _subset(first, "zero_shot_answer_only")
+    assert _subset(reweighted, "zero_shot_cot") != _subset(first, "zero_shot_cot")
+
+
+def test_the_sampler_takes_each_epochs_draw_and_resumes_inside_it():
+    mix = EpochMix([f"q{i}" for i in range(30)], {"zero_shot_cot": 0.5, "in_context_cot": 1.0}, seed=1)
+    formats, lengths = [f for _, f in mix.units], [i * 7 % 23 for i in range(len(mix.units))]
+    sampler = FormatBatchSampler(formats, lengths, 4, seed=2, active=mix.active)
+    epochs = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(u for b in batches for u in b) == mix.active(epoch).tolist()
+        epochs.append(batches)
+    assert epochs[0] != epochs[1]
+    resumed = FormatBatchSampler(formats, lengths, 4, seed=2, active=mix.active)
+    resumed.set_epoch(1)
+    resumed.resume = (1, 3)
+    assert list(resumed) == epochs[1][3:]
+
+
+def test_a_token_budget_fills_batches_up_to_it_padding_counted_and_shards_them():
+    formats = [0] * 60 + [3] * 60  # short answer-only units and long CoT units
+    lengths = [20 + i % 30 for i in range(60)] + [150 + i * 13 % 200 for i in range(60)]
+    shards = [
+        FormatBatchSampler(formats, lengths, 8, seed=4, rank=r, world_size=2, max_tokens=1024, pad_to_multiple_of=64)
+        for r in range(2)
+    ]
+    everything = shards[0]._all_batches()
+    assert sorted(u for b in everything for u in b) == list(range(120))
+    for batch in everything:
+        assert len({formats[u] for u in batch}) == 1
+        longest = -(-max(lengths[u] for u in batch) // 64) * 64
+        assert len(batch) * longest <= 1024
+    rows = {f: [len(b) for b in everything if formats[b[0]] == f] for f in (0, 3)}
+    assert min(rows[0]) > max(rows[3]) and max(rows[0]) == 16  # 64-token rows: 16 to a batch
+    mine = [list(s) for s in shards]
+    assert len(mine[0]) == len(mine[1]) and not {u for b in mine[0] for u in b} & {u for b in mine[1] for u in b}
+    again = FormatBatchSampler(
+        formats, lengths, 8, seed=4, rank=1, world_size=2, max_tokens=1024, pad_to_multiple_of=64
+    )
+    again.resume = (0, 2)  # a run resumed after two of its batches takes the rest of the same ones
+    assert list(again) == mine[1][2:]
+    per_format = FormatBatchSampler(formats, lengths, 8, seed=4, max_tokens={0: 512})  # CoT keeps its count of 8
+    assert {len(b) for b in per_format._all_batches() if formats[b[0]] == 3} == {4, 8}
+
+
+def test_the_data_module_batches_by_tokens_when_given_a_budget(tiny_gpt2_dir, data_dir, caplog):
+    formats = {"zero_shot_answer_only": 1.0, "zero_shot_cot": 1.0}
+    dm = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), formats=formats, limit=40, max_tokens_per_batch=2048
+    )
+    with caplog.at_level(logging.INFO, logger="specialight.data.datamodule"):
+        dm.setup("fit")
+    assert "2048 tokens (~" in caplog.text
+    rows = {fmt: [] for fmt in formats}
+    seen = []
+    for batch in dm.train_dataloader():
+        assert batch["input_ids"].numel() <= 2048 or batch["input_ids"].shape[0] == 1
+        rows[FORMATS[int(batch["format_ids"][0])]].append(batch["input_ids"].shape[0])
+        seen += batch["units"].tolist()
+    assert sorted(seen) == list(range(80))
+    assert max(rows["zero_shot_answer_only"]) > max(rows["zero_shot_cot"]) >= 2  # short rows: more to a batch
+    with pytest.raises(DataError, match="max_tokens_per_batch: per-format values need one_format_per_batch"):
+        SpecializationDataModule(
+            str(tiny_gpt2_dir), max_tokens_per_batch={"zero_shot_cot": 9}, one_format_per_batch=False
+        )
+    with pytest.raises(DataError, match="max_tokens_per_batch: every size must be a positive integer"):
+        SpecializationDataModule(str(tiny_gpt2_dir), max_tokens_per_batch=0)

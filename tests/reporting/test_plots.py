@@ -98,3 +98,63 @@ def test_notebook_runs_headless_on_a_logged_run(logged_run, monkeypatch):
     assert "selected by mas_dev" in text and "one model size" in text
     assert " n=3" in text and "] n=" in text  # every score printed with its interval and count
     assert os.environ["SPECIALIGHT_LOGDIRS"] == str(trainer.log_dir)
+
+
+def synthetic_run(folder: Path) -> list[dict]:
+    """Three evaluations of a run whose batches filled a token budget (examples seen not a multiple of steps)."""
+    records = []
+    for step, examples, gsm, mas, nll in [
+        (0, 0, 2.0, 1.5, 1.10),
+        (40, 530, 5.5, 4.0, 0.90),
+        (80, 1075, 8.0, 6.5, 0.82),
+    ]:
+        records.append(
+            {
+                "step": step,
+                "examples": examples,
+                "scores": {"gsm8k_dev": gsm, "mas_dev": mas, "bbh_ao": 20.0},
+                "n": {"gsm8k_dev": 200, "mas_dev": 600, "bbh_ao": 81},
+                "ci95": {
+                    "gsm8k_dev": [gsm - 1.5, gsm + 2.0],
+                    "mas_dev": [mas - 1.0, mas + 1.2],
+                    "bbh_ao": [12.0, 30.0],
+                },
+                "nll": {"nll_gsm8k_dev_zero_shot": {"mean": nll, "n": 200, "low": nll - 0.03, "high": nll + 0.03}},
+            }
+        )
+    folder.mkdir(parents=True)
+    (folder / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def test_dose_response_draws_accuracy_and_likelihood_against_examples_seen_with_bands(tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from specialight.reporting.plots import dose_response_figure
+
+    records = synthetic_run(tmp_path / "run")
+    figure = dose_response_figure(load_runs([tmp_path / "run"]))
+    gsm_accuracy, mas_accuracy, gsm_nll, mas_nll = figure.axes
+    examples = [r["examples"] for r in records]
+    for axis, values in (
+        (gsm_accuracy, [r["scores"]["gsm8k_dev"] for r in records]),
+        (mas_accuracy, [r["scores"]["mas_dev"] for r in records]),
+        (gsm_nll, [r["nll"]["nll_gsm8k_dev_zero_shot"]["mean"] for r in records]),
+    ):
+        (line,) = axis.get_lines()
+        assert line.get_xdata().tolist() == examples and line.get_ydata().tolist() == pytest.approx(values)
+        (band,) = [c for c in axis.collections if isinstance(c, PolyCollection)]
+        assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(
+            min(values) - (1.5 if axis is gsm_accuracy else 1.0 if axis is mas_accuracy else 0.03)
+        )
+    assert "nll_gsm8k_dev_zero_shot" in gsm_nll.get_title() and "training examples seen" in gsm_nll.get_xlabel()
+    assert "no likelihood suite evaluated" in mas_nll.get_title() and not mas_nll.get_lines()
+
+
+@pytest.mark.slow
+def test_plot_writes_the_dose_response_figure_for_any_run(tmp_path, capsys):
+    synthetic_run(tmp_path / "run")
+    assert cli_main(["plot", "--logdir", str(tmp_path / "run"), "--out", str(tmp_path / "c.png")]) == 0
+    written = capsys.readouterr().out
+    for name in ("c.png", "c_dose_response.png", "c_likelihood.png"):
+        assert is_png(tmp_path / name) and f"wrote {tmp_path / name}" in written

@@ -128,3 +128,51 @@ def test_throughput_monitor_leaves_the_evaluations_out_of_training_time(
     times = [float(v) for row in rows[1:] if (v := row.split(",")[header.index("train/time")])]
     assert len(times) == 4 and times == sorted(times)
     assert times[-1] < 100  # four tiny training steps, none of the evaluations' 500 s
+
+
+@pytest.mark.slow
+def test_a_second_identical_run_takes_its_step_zero_evaluation_from_the_cache(
+    tiny_gpt2_dir, data_dir, tmp_path, monkeypatch, caplog
+):
+    import logging
+
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.evaluation.evaluator import Evaluator
+    from specialight.evaluation.settings import EvalSettings
+    from specialight.training.callbacks import PeriodicEvaluation
+    from tests.helpers import quiet_trainer
+
+    monkeypatch.setenv("SPECIALIGHT_CACHE", str(tmp_path / "cache"))
+    runs, real = [], Evaluator.run
+    monkeypatch.setattr(Evaluator, "run", lambda self, *a, **k: runs.append(1) or real(self, *a, **k))
+    settings = EvalSettings(
+        suites=["svamp_dev", "nll_gsm8k_dev_zero_shot"], limit=2, max_new_tokens=3, data_dir=str(data_dir)
+    )
+
+    def fit(name: str, **changes) -> list[dict]:
+        evaluation = PeriodicEvaluation(settings, every_n_examples=4, at_end=False, cache_initial=True, **changes)
+        trainer = quiet_trainer(1, [evaluation], default_root_dir=tmp_path / name)
+        datamodule = SpecializationDataModule(
+            str(tiny_gpt2_dir), data_dir=str(data_dir), limit=4, batch_size=4, formats={"zero_shot_cot": 1.0}
+        )
+        with caplog.at_level(logging.INFO, logger="specialight.training.callbacks"):
+            trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
+        return [json.loads(line) for line in (tmp_path / name / "evaluations.jsonl").read_text().splitlines()]
+
+    first = fit("first")
+    assert len(runs) == 2 and [r["step"] for r in first] == [0, 1]
+    assert first[0]["cache"] == "miss" and "cache" not in first[1]  # a trained model is never looked up
+    second = fit("second")
+    assert len(runs) == 3  # only step 1 was evaluated again
+    assert second[0]["cache"] == "hit" and second[0]["cache_key"] == first[0]["cache_key"]
+    assert f"step-0 evaluation: cache hit {first[0]['cache_key']}" in caplog.text
+    same = ("scores", "n", "ci95", "nll")
+    assert {k: second[0][k] for k in same} == {k: first[0][k] for k in same}
+    suite = "nll_gsm8k_dev_zero_shot"  # the cached likelihoods are the baseline of the later changes
+    change = second[1]["nll"][suite]["mean"] - second[0]["nll"][suite]["mean"]
+    assert second[1]["nll_change"][suite]["mean"] == pytest.approx(change, abs=1e-4)
+    for name in ("svamp_dev.jsonl", "nll.jsonl", "summary.json"):
+        step0 = [(tmp_path / run / "evaluations" / "step-0" / name).read_text() for run in ("first", "second")]
+        assert step0[0] == step0[1]
+    settings.max_new_tokens = 4  # a suite setting changed: evaluated again
+    assert fit("third")[0]["cache"] == "miss" and len(runs) == 5

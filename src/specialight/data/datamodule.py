@@ -9,12 +9,14 @@ Sources (``teacher_data``):
 
 Chain-of-thought formats take one example per source item (teacher sample), answer-only formats one per
 question, as the authors built them (`specialight.data.mixing`); a format's ``weight`` repeats it per epoch
-(a fractional weight takes a seeded subset). Batches hold one format each (the authors' batching; each
-format may have its own batch size, ``batch_sizes``) or are mixed, are grouped by length within windows
-of 50 batches to cut padding, and follow a seeded order per epoch. Under DDP every rank takes a disjoint,
-equally long share of the batches (`specialight.data.batching`; encoding: `specialight.data.encoding`).
-At setup the module logs a table: per format, examples and batches per epoch, mean tokens, and how many
-targets are cut at ``max_target_length``. Its ``state_dict`` is the data's provenance (files and sha256).
+(a fractional weight takes a subset drawn afresh each epoch). Batches hold one format each (the authors'
+batching; each format may have its own batch size, ``batch_sizes``) or are mixed, hold a fixed count of
+examples or fill a token budget (``max_tokens_per_batch``, padding counted: short answer-only examples
+pack many to a step), are grouped by length within windows of 50 batches to cut padding, and follow a
+seeded order per epoch. Under DDP every rank takes a disjoint, equally long share of the batches
+(`specialight.data.batching`; encoding: `specialight.data.encoding`). At setup the module logs a table:
+per format, examples and batches per epoch, mean tokens, and targets cut at ``max_target_length``. Its
+``state_dict`` is the data's provenance (files and sha256).
 """
 
 from __future__ import annotations
@@ -29,17 +31,16 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from specialight.core.targets import has_targets, load_targets
-from specialight.data.batching import FormatBatchSampler, ResumableDataLoader
+from specialight.data.batching import FormatBatchSampler, ResumableDataLoader, token_lengths
 from specialight.data.encoding import Encoder, FormattedDataset, Item
-from specialight.data.formats import FORMATS, FormatBuilder, check_format, is_cot, newline_separator
+from specialight.data.formats import FORMATS, FormatBuilder, check_format, newline_separator
 from specialight.data.jsonl import DataError
-from specialight.data.mixing import FormatRow, data_table, epoch_units
+from specialight.data.mixing import TABLE_SAMPLE, EpochMix, FormatRow, check_sizes, data_table, format_rows
 from specialight.data.records import sample_files
 from specialight.data.tasks import Example, load_examples, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 DEFAULT_FORMATS = {fmt: 1.0 for fmt in FORMATS}
-TABLE_SAMPLE = 32
 
 
 def file_sha256(path: str | Path) -> str:
@@ -73,6 +74,9 @@ class SpecializationDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         pad_to_multiple_of: pad every batch's lengths up to a multiple of this, so that batch shapes repeat
             and the allocator reuses its blocks instead of growing with each new shape (1: no rounding).
+        max_tokens_per_batch: size batches by tokens instead of ``batch_size``: rows x the longest row
+            (rounded up to ``pad_to_multiple_of``; a seq2seq row counts prompt and target) stays within
+            it; one number, or format -> number (formats not named keep their count; one format per batch).
     """
 
     def __init__(
@@ -92,17 +96,17 @@ class SpecializationDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         pad_to_multiple_of: int = 64,
+        max_tokens_per_batch: int | dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.formats = {check_format(f): float(w) for f, w in (formats or DEFAULT_FORMATS).items() if w > 0}
         if not self.formats:
             raise DataError("formats: give at least one format a positive weight")
-        self.batch_sizes = {check_format(f): int(n) for f, n in (batch_sizes or {}).items()}
-        if any(n < 1 for n in self.batch_sizes.values()):
-            raise DataError(f"batch_sizes: every size must be a positive integer, got {batch_sizes}")
-        if self.batch_sizes and not one_format_per_batch:
-            raise DataError("batch_sizes: per-format batch sizes need one_format_per_batch=true")
+        self.batch_sizes = check_sizes("batch_sizes", batch_sizes or {}, one_format_per_batch)
+        self.max_tokens = check_sizes("max_tokens_per_batch", max_tokens_per_batch, one_format_per_batch)
+        self.mix: EpochMix | None = None
+        self._lengths: list[int] | None = None
         self.targets = None
         self.encoder: Encoder | None = None
         self.dataset: FormattedDataset | None = None
@@ -169,12 +173,7 @@ class SpecializationDataModule(L.LightningDataModule):
         hp = self.hparams
         tokenizer = load_tokenizer(hp.model_name_or_path)
         pool = load_examples("gsm8k", "tune", hp.data_dir)
-        builder = FormatBuilder(
-            pool,
-            num_demonstrations=hp.num_demonstrations,
-            seed=hp.seed,
-            newline=newline_separator(tokenizer),
-        )
+        builder = FormatBuilder(pool, hp.num_demonstrations, hp.seed, newline_separator(tokenizer))
         items = self._items(pool)
         self.encoder = Encoder(
             tokenizer,
@@ -185,58 +184,60 @@ class SpecializationDataModule(L.LightningDataModule):
             pad_to_multiple_of=hp.pad_to_multiple_of,
             targets=self.targets,
         )
-        units = epoch_units([item.example.id for item in items], self.formats, hp.seed)
-        self.dataset = FormattedDataset(self.encoder, items, units)
+        self.mix = EpochMix([item.example.id for item in items], self.formats, hp.seed)
+        self.dataset = FormattedDataset(self.encoder, items, self.mix.units)
+        questions, table = len({item.example.id for item in items}), data_table(self.format_rows(), TABLE_SAMPLE)
         logger.info(
             "%d source items (%d questions) -> %d training examples per epoch:\n%s",
             len(items),
-            len({item.example.id for item in items}),
-            len(units),
-            data_table(self.format_rows(), TABLE_SAMPLE),
+            questions,
+            self.mix.per_epoch,
+            table,
         )
+
+    def unit_lengths(self) -> list[int]:
+        """Tokens of each unit, as the student reads them (prompt and target; computed once per distinct
+        item and format): what a token budget counts. Without one, a cheap stand-in (characters) that only
+        groups units of like length."""
+        if self.max_tokens is None:
+            return [self.dataset.length_proxy(unit) for unit in range(len(self.dataset))]
+        if self._lengths is None:
+            self._lengths = token_lengths(self.dataset, self.encoder.encoder_decoder)
+        return self._lengths
 
     def size_of(self, fmt: str) -> int:
         """The batch size of a format's batches."""
         return self.batch_sizes.get(fmt, self.hparams.batch_size)
 
     def _sampler(self, rank: int = 0, world_size: int = 1) -> FormatBatchSampler:
-        hp = self.hparams
+        hp, budget = self.hparams, self.max_tokens
+        sizes = {FORMATS.index(f): self.size_of(f) for f in self.formats} if self.batch_sizes else hp.batch_size
+        budgets = {FORMATS.index(f): n for f, n in budget.items()} if isinstance(budget, dict) else budget
+        formats = [f for _, f in self.dataset.units]
         return FormatBatchSampler(
-            [f for _, f in self.dataset.units],
-            [self.dataset.length_proxy(unit) for unit in range(len(self.dataset))],
-            batch_size={FORMATS.index(f): self.size_of(f) for f in self.formats} if self.batch_sizes else hp.batch_size,
+            formats,
+            self.unit_lengths(),
+            sizes,
             one_format_per_batch=hp.one_format_per_batch,
             seed=hp.seed,
             rank=rank,
             world_size=world_size,
+            max_tokens=budgets,
+            pad_to_multiple_of=hp.pad_to_multiple_of,
+            active=self.mix.active,
         )
 
     def format_rows(self) -> list[FormatRow]:
-        """Per format: examples and batches per epoch (all ranks), mean tokens of a seeded sample of
-        `TABLE_SAMPLE` examples, and the number of targets cut at ``max_target_length``."""
-        units = self.dataset.units
-        formats = np.asarray([f for _, f in units])
-        batches = np.bincount([int(formats[b[0]]) for b in self._sampler()._all_batches() if b], minlength=len(FORMATS))
-        lengths = self.encoder.target_lengths(self.dataset.items, sorted({(i, is_cot(FORMATS[f])) for i, f in units}))
-        rng = np.random.default_rng(self.hparams.seed)
-        rows = []
-        for fmt in self.formats:
-            members = np.nonzero(formats == FORMATS.index(fmt))[0]
-            sample = rng.choice(members, size=min(TABLE_SAMPLE, members.shape[0]), replace=False)
-            encoded = [self.dataset[int(u)] for u in sample]
-            tokens = [len(e["input_ids"]) + len(e["labels"]) for e in encoded]
-            cut = sum(lengths[(units[u][0], is_cot(fmt))] > self.hparams.max_target_length - 1 for u in members)
-            rows.append(
-                FormatRow(
-                    fmt,
-                    int(members.shape[0]),
-                    self.size_of(fmt),
-                    int(batches[FORMATS.index(fmt)]),
-                    float(np.mean(tokens)) if tokens else 0.0,
-                    int(cut),
-                )
-            )
-        return rows
+        """The data table's rows of the first epoch (`specialight.data.mixing.format_rows`), all ranks'."""
+        formats = [f for _, f in self.dataset.units]
+        batches = np.bincount([formats[b[0]] for b in self._sampler()._all_batches() if b], minlength=len(FORMATS))
+        sizes = {f: self.size_of(f) if (n := self.budget_of(f)) is None else f"{n} tokens" for f in self.formats}
+        seed, cut_at = self.hparams.seed, self.hparams.max_target_length
+        return format_rows(self.dataset, self.mix.active(0), batches, sizes, seed, cut_at)
+
+    def budget_of(self, fmt: str) -> int | None:
+        """A format's token budget per batch (None: a fixed count of examples)."""
+        return self.max_tokens.get(fmt) if isinstance(self.max_tokens, dict) else self.max_tokens
 
     def data_files(self) -> list[Path]:
         """The files this data module reads (hashed into every checkpoint, `state_dict`)."""

@@ -73,14 +73,12 @@ BBH_TASKS: tuple[str, ...] = (
 
 
 def _read_gsm8k(root: Path, task: str, split: str, dev_size: int) -> list[Example]:
-    if split == "test":
-        rows = list(read_jsonl(root / "gsm8k" / "test.jsonl"))
-        return gsm8k_examples(rows, "test", list(range(len(rows))))
-    rows = list(read_jsonl(root / "gsm8k" / "train.jsonl"))
-    if split == "train":
-        return gsm8k_examples(rows, "train", list(range(len(rows))))
-    chosen = indexed_split(list(range(len(rows))), split, root / "gsm8k" / "validation_index.npy")
-    return gsm8k_examples(rows, "train", chosen)
+    name = "test" if split == "test" else "train"  # tune and dev are rows of train.jsonl
+    rows = list(read_jsonl(root / "gsm8k" / f"{name}.jsonl"))
+    chosen = list(range(len(rows)))
+    if split not in ("test", "train"):
+        chosen = indexed_split(chosen, split, root / "gsm8k" / "validation_index.npy")
+    return gsm8k_examples(rows, name, chosen)
 
 
 def _read_multiarith(root: Path, task: str, split: str, dev_size: int) -> list[Example]:

@@ -5,8 +5,11 @@ it marks the chosen checkpoint). `curves_figure` draws Figure-3-style curves, ac
 BBH answer-only and BBH CoT against examples seen, one line per run; `scaling_figure` draws the
 Figure-2-style trade-off across model sizes: accuracy against parameters (log scale), before and after
 specialization; `likelihood_figure` draws the likelihood suites (``nll_*``), one panel each, with their
-bootstrap bands. Each score's 95% interval (``ci95`` beside ``scores`` in a record) is drawn as a band
-(curves) or error bar (scaling); records written before intervals existed are drawn without one.
+bootstrap bands; `dose_response_figure` draws accuracy and likelihood on GSM8K dev and M-A-S dev against
+training examples seen (a record's ``examples``: the rows its batches held, summed over ranks, whether
+batches hold a fixed count or fill a token budget). Each score's 95% interval (``ci95`` beside ``scores``
+in a record) is drawn as a band (curves) or error bar (scaling); records written before intervals existed
+are drawn without one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ PANELS = (
     ("MultiArith / ASDiv / SVAMP (out-of-distribution)", ("mas_test", "mas_dev")),
     ("BIG-Bench Hard, answer-only", ("bbh_ao",)),
     ("BIG-Bench Hard, chain of thought", ("bbh_cot",)),
+)
+
+DOSE_PANELS = (  # title, accuracy suite, likelihood suites (the first evaluated is drawn)
+    ("GSM8K dev", "gsm8k_dev", ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context")),
+    ("MultiArith / ASDiv / SVAMP dev", "mas_dev", ("nll_mas_dev",)),
 )
 
 
@@ -196,13 +204,57 @@ def likelihood_figure(runs: list[Run]):
     return figure
 
 
+def _line_with_band(axis, xs: list, ys: list, low: list, high: list, label: str) -> None:
+    (line,) = axis.plot(xs, ys, marker="o", markersize=3, label=label)
+    if low:
+        axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def dose_response_figure(runs: list[Run]):
+    """Accuracy (top row, %) and mean per-token NLL of the reference rationales (bottom row) on GSM8K dev and
+    M-A-S dev against training examples seen, with 95% bands (intervals of the proportions; bootstrap
+    intervals of the NLL). A panel whose suite no run evaluated says so."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, len(DOSE_PANELS), figsize=(11, 7.5), sharex="col", squeeze=False)
+    for column, (title, accuracy, likelihoods) in enumerate(DOSE_PANELS):
+        top, bottom = axes[0][column], axes[1][column]
+        nll = next((s for s in likelihoods if s in likelihood_suites(runs)), None)
+        measured = any(accuracy in r["scores"] for run in runs for r in run.records)
+        top.set_title(f"{title}: accuracy [{accuracy if measured else 'not evaluated'}]", fontsize=10)
+        bottom.set_title(f"{title}: likelihood [{nll or 'no likelihood suite evaluated'}]", fontsize=10)
+        top.set_ylabel("accuracy (%)")
+        bottom.set_ylabel("mean NLL per token (nats)")
+        bottom.set_xlabel("training examples seen")
+        for run in runs:
+            if measured:
+                xs, ys = run.series(accuracy)
+                _, low, high = run.band(accuracy)
+                _line_with_band(top, xs, ys, low if len(low) == len(xs) else [], high, run.name)
+            if nll is not None:
+                points = [(r["examples"], r["nll"][nll]) for r in run.records if nll in r.get("nll", {})]
+                stats = [p for _, p in points]
+                low, high = [p["low"] for p in stats], [p["high"] for p in stats]
+                _line_with_band(bottom, [x for x, _ in points], [p["mean"] for p in stats], low, high, run.name)
+        for axis in (top, bottom):
+            axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle("Dose-response: math accuracy and likelihood against training examples seen; bands: 95% intervals")
+    figure.tight_layout()
+    return figure
+
+
 def plot_runs(logdirs: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
-    """Write the curves to ``out`` and, with runs of several model sizes, the scaling plot beside it."""
+    """Write the curves to ``out`` and beside it the dose-response figure (``<out>_dose_response``), the
+    likelihood panels where likelihood suites ran, and the scaling plot for runs of several model sizes."""
     runs = load_runs(logdirs)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = [out_path]
     curves_figure(runs).savefig(out_path, dpi=120)
+    dose = out_path.with_name(out_path.stem + "_dose_response" + out_path.suffix)
+    dose_response_figure(runs).savefig(dose, dpi=120)
+    written.append(dose)
     if len({run.num_parameters for run in runs}) > 1:
         scaling = out_path.with_name(out_path.stem + "_scaling" + out_path.suffix)
         scaling_figure(runs).savefig(scaling, dpi=120)

@@ -4,21 +4,26 @@
 training and every N training examples, logs ``eval/<suite>``, appends each evaluation to
 ``<log_dir>/evaluations.jsonl`` (what `specialight plot` and the notebook read) and keeps the completions
 under ``<log_dir>/evaluations/step-<N>/``; under ``specialight validate`` it evaluates once, the checkpoint's
-step. A record holds ``scores`` (suite -> accuracy %) and, per suite, ``n`` (examples), ``ci95`` (95%
+step. A record holds ``examples`` (training examples seen, summed over ranks: with a token budget, the rows
+the batches held), ``scores`` (suite -> accuracy %) and, per suite, ``n`` (examples), ``ci95`` (95%
 interval, percent) and ``shortened`` (prompts cut to fit the context); likelihood suites (``nll_*``) add
 ``nll`` (mean per-token NLL, n, interval) and, from the second evaluation on, ``nll_change``: the
 paired-bootstrap change since the first evaluation on the same examples; they may run at their own cadence
 (``likelihood_every_n_examples``). Every rank evaluates its share and gets the same results (torchmetrics
 counts), so every rank takes the same selection decisions; a sharded model is whole while it generates.
 
-`ModelSelection` watches one metric (``eval/mas_dev``: held-out out-of-distribution math, the paper's
-choice; ``eval/gsm8k_dev`` possible) among the training checkpoints (the step-0 evaluation of the
-untrained model only with ``include_initial``), saves the best checkpoint (the earlier one on ties) and,
-when training ends, writes ``selection.json`` and ``selection.md`` (`specialight.evaluation.tables`).
+With ``cache_initial``, the step-0 evaluation of the untouched base model is cached on disk
+(`specialight.evaluation.result_cache`, keyed by the weights, the settings and the scorer's version): a
+second run with the same model and suites copies its files and scores instead of generating again, says so
+in the log, and marks the record ``"cache": "hit"`` with its ``cache_key`` (a first run: ``"miss"``).
+
+`ModelSelection` (`specialight.training.selection`, importable from here as the configs name it) keeps the
+best checkpoint and writes the selection table.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -27,48 +32,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.trainer.states import TrainerFn
 
 from specialight.core.constants import EVALUATIONS_FILE
+from specialight.evaluation import result_cache
 from specialight.evaluation.evaluator import Evaluator
+from specialight.evaluation.results import Results
 from specialight.evaluation.settings import EvalSettings
-from specialight.evaluation.tables import format_table, selection_table
-from specialight.training.progress import RunClock
+from specialight.evaluation.tables import format_table
+from specialight.training.progress import RunClock, leave_out_of_throughput, log_dir
+from specialight.training.selection import ModelSelection
 
+__all__ = ["ModelSelection", "PeriodicEvaluation", "log_dir"]
 logger = logging.getLogger(__name__)
-
-
-def log_dir(trainer: L.Trainer) -> Path:
-    """Where a run writes its files, the folder of Lightning's own checkpoints: a TensorBoard or CSV logger's
-    ``log_dir``; for another logger (W&B, MLflow, ...) ``<save_dir or default_root_dir>/<name>/<version>``;
-    without a logger the trainer's ``default_root_dir``.
-
-    A collective under DDP (rank zero's folder is broadcast): call this on every rank."""
-    run_logger = trainer.logger
-    if run_logger is None:
-        folder = Path(trainer.default_root_dir)
-    elif isinstance(run_logger, (TensorBoardLogger, CSVLogger)):
-        folder = Path(run_logger.log_dir)
-    else:
-        version = run_logger.version
-        version = version if isinstance(version, str) else f"version_{version}"
-        folder = Path(run_logger.save_dir or trainer.default_root_dir) / str(run_logger.name) / version
-    folder = Path(trainer.strategy.broadcast(str(folder), src=0))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _leave_out_of_throughput(trainer: L.Trainer, started: float, seconds: float) -> None:
-    """Move each `ThroughputMonitor`'s training clock on by an evaluation's ``seconds`` (begun at
-    ``started``, ``perf_counter``), so that its ``train/*`` rates measure training alone, as Lightning does for
-    its own validation loop; a clock started after ``started`` did not count the evaluation."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, ThroughputMonitor):
-            clock = callback._t0s.get(RunningStage.TRAINING)
-            if clock is not None and clock <= started:
-                callback._t0s[RunningStage.TRAINING] = clock + seconds
 
 
 class PeriodicEvaluation(L.Callback):
@@ -81,6 +57,9 @@ class PeriodicEvaluation(L.Callback):
         before_training: evaluate once before the first step.
         at_end: evaluate after the last step unless that step was just evaluated.
         likelihood_every_n_examples: cadence of the likelihood suites alone (None: with the others).
+        cache_initial: keep the step-0 evaluation of the untouched model on disk and reuse it when a run
+            evaluates the same weights with the same settings (`specialight.evaluation.result_cache`; off
+            unless a config turns it on, as the reproduce and demo configs do).
     """
 
     def __init__(
@@ -90,10 +69,11 @@ class PeriodicEvaluation(L.Callback):
         before_training: bool = True,
         at_end: bool = True,
         likelihood_every_n_examples: int | None = None,
+        cache_initial: bool = False,
     ) -> None:
         self.settings, self.every_n_examples = settings, every_n_examples
         self.likelihood_every_n_examples = likelihood_every_n_examples
-        self.before_training, self.at_end = before_training, at_end
+        self.before_training, self.at_end, self.cache_initial = before_training, at_end, cache_initial
         self.history: list[dict[str, Any]] = []
         self.examples_seen = 0
         self.clock = RunClock()  # the expected time left, in the log line of each evaluation
@@ -124,37 +104,12 @@ class PeriodicEvaluation(L.Callback):
         """Run the suites now on every rank's share and append the record to ``evaluations.jsonl``. When
         fitting, log it and tell `ModelSelection`; otherwise (``validate``) log it through ``pl_module.log``,
         into Lightning's results, at the checkpoint's step, with the table of counts and intervals."""
-        from specialight.evaluation.likelihood import paired_difference
-        from specialight.training.sharding import full_parameters
-
         fitting = trainer.state.fn == TrainerFn.FITTING
         step = trainer.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
         folder = log_dir(trainer)
         started = time.perf_counter()
-        with full_parameters(pl_module.model):
-            results = self._evaluator_for(pl_module).run(
-                folder / "evaluations" / f"step-{step}",
-                progress=trainer.progress_bar_callback is not None,
-                context=trainer.precision_plugin.forward_context,
-                kinds=kinds,
-            )
-        record = {
-            "step": step,
-            "examples": self.examples_seen,
-            "seconds": round(time.perf_counter() - started, 1),
-            "num_parameters": sum(p.numel() for p in pl_module.model.parameters()),
-            "model": pl_module.hparams.model_name_or_path,
-            **results.summary(),
-        }
-        if results.nll_values:
-            if self.nll_baseline is None:
-                self.nll_baseline = results.nll_values
-            else:
-                record["nll_change"] = {
-                    suite: paired_difference(self.nll_baseline[suite], values)
-                    for suite, values in results.nll_values.items()
-                    if suite in self.nll_baseline
-                }
+        results, cache = self._run_suites(trainer, pl_module, folder / "evaluations" / f"step-{step}", kinds)
+        record = self._record(pl_module, step, results, time.perf_counter() - started, cache)
         if trainer.is_global_zero:
             with (folder / EVALUATIONS_FILE).open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -162,12 +117,8 @@ class PeriodicEvaluation(L.Callback):
         metrics = {f"eval/{name}": value for name, value in record["scores"].items()}
         metrics |= {f"eval/{name}": stats["mean"] for name, stats in record.get("nll", {}).items()}
         scores = ", ".join(f"{k.removeprefix('eval/')} {v:.3g}" for k, v in metrics.items() if "/" not in k[5:])
-        logger.info(
-            "%s (%d examples): %s",
-            self.clock.line(record, trainer.max_steps, self.every_n_examples),
-            record["examples"],
-            scores,
-        )
+        clock = self.clock.line(record, trainer.max_steps, self.every_n_examples)
+        logger.info("%s (%d examples): %s", clock, record["examples"], scores)
         if not fitting:
             pl_module.log_dict(metrics, sync_dist=True)  # the same on every rank: the mean changes nothing
             logger.info("evaluation of step %d in %s:\n%s", step, folder / EVALUATIONS_FILE, format_table(results))
@@ -179,7 +130,67 @@ class PeriodicEvaluation(L.Callback):
             for callback in trainer.callbacks:
                 if isinstance(callback, ModelSelection):
                     callback.on_evaluation(trainer, pl_module, record)
-        _leave_out_of_throughput(trainer, started, time.perf_counter() - started)
+        leave_out_of_throughput(trainer, started, time.perf_counter() - started)
+        return record
+
+    def _run_suites(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: Path, kinds: tuple[str, ...]
+    ) -> tuple[Results, dict[str, str]]:
+        """The `Results` of the suites, and the cache fields of the record (none where no cache applies)."""
+        from specialight.training.sharding import full_parameters, is_sharded
+
+        untouched = trainer.state.fn == TrainerFn.FITTING and trainer.global_step == 0 and not self.history
+        with full_parameters(pl_module.model):
+            run = functools.partial(
+                self._evaluator_for(pl_module).run,
+                out,
+                progress=trainer.progress_bar_callback is not None,
+                context=trainer.precision_plugin.forward_context,
+                kinds=kinds,
+            )
+            if not (self.cache_initial and untouched and not is_sharded(pl_module.model)):
+                return run(), {}
+            context = {
+                "kinds": sorted(kinds),
+                "precision": str(trainer.precision),
+                "ranks": trainer.world_size,
+                "tokenizer": pl_module.hparams.model_name_or_path,
+            }
+            key = result_cache.evaluation_key(pl_module.model, self.settings, context)
+            cached = result_cache.load(key, out) if trainer.is_global_zero else None
+            cached = trainer.strategy.broadcast(cached, src=0)  # every rank takes the same path
+            if cached is not None:
+                logger.info("step-0 evaluation: cache hit %s (%s)", key, result_cache.cache_root() / key)
+                return cached, {"cache": "hit", "cache_key": key}
+            results = run()
+            if trainer.is_global_zero:
+                result_cache.store(key, results, out)
+            return results, {"cache": "miss", "cache_key": key}
+
+    def _record(
+        self, pl_module: L.LightningModule, step: int, results: Results, seconds: float, cache: dict[str, str]
+    ) -> dict[str, Any]:
+        """The ``evaluations.jsonl`` record; likelihoods also change against the first evaluation's."""
+        from specialight.evaluation.likelihood import paired_difference
+
+        record = {
+            "step": step,
+            "examples": self.examples_seen,
+            "seconds": round(seconds, 1),
+            "num_parameters": sum(p.numel() for p in pl_module.model.parameters()),
+            "model": pl_module.hparams.model_name_or_path,
+            **cache,
+            **results.summary(),
+        }
+        if results.nll_values:
+            if self.nll_baseline is None:
+                self.nll_baseline = results.nll_values
+            else:
+                record["nll_change"] = {
+                    suite: paired_difference(self.nll_baseline[suite], values)
+                    for suite, values in results.nll_values.items()
+                    if suite in self.nll_baseline
+                }
         return record
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -222,93 +233,3 @@ class PeriodicEvaluation(L.Callback):
             self.evaluate(trainer, pl_module)
         elif not last["scores"] and self._evaluator_for(pl_module).items():  # the likelihood ran at this step
             self.evaluate(trainer, pl_module, kinds=("generation",))
-
-
-class ModelSelection(L.Callback):
-    """Keep the checkpoint that scores best on ``monitor`` and write the selection table at the end.
-
-    Args:
-        monitor: the metric that picks the checkpoint (``eval/mas_dev`` or ``eval/gsm8k_dev``).
-        mode: ``max`` (accuracy) or ``min``.
-        compare: further metrics to report a selection by in the table (the paper: ``eval/gsm8k_dev``).
-        filename: checkpoint file name, written in the run's folder.
-        include_initial: also consider the step-0 evaluation of the untrained model (the paper selects
-            among training checkpoints only).
-    """
-
-    def __init__(
-        self,
-        monitor: str = "eval/mas_dev",
-        mode: str = "max",
-        compare: list[str] | None = None,
-        filename: str = "best.ckpt",
-        include_initial: bool = False,
-    ) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.monitor = monitor
-        self.mode = mode
-        self.compare = list(compare) if compare is not None else ["eval/gsm8k_dev"]
-        self.filename = filename
-        self.include_initial = include_initial
-        self.best: dict[str, Any] | None = None
-        self.records: list[dict[str, Any]] = []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "records": self.records}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = state_dict["best"]
-        self.records = state_dict["records"]
-
-    def _better(self, value: float, than: float) -> bool:
-        return value > than if self.mode == "max" else value < than
-
-    def _candidate(self, record: dict[str, Any]) -> bool:
-        return self.include_initial or record["step"] > 0
-
-    def on_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule, record: dict[str, Any]) -> None:
-        """Called by `PeriodicEvaluation` after each evaluation (on every rank)."""
-        self.records.append(record)
-        name = self.monitor.removeprefix("eval/")
-        if name not in record["scores"]:
-            raise ValueError(f"ModelSelection monitors {self.monitor}; the evaluation has {sorted(record['scores'])}")
-        value = record["scores"][name]
-        if not self._candidate(record):
-            return
-        if self.best is None or self._better(value, self.best["value"]):
-            path = log_dir(trainer) / self.filename
-            # chosen before the save: the file is a resume point whose own state names it the best
-            self.best = {"step": record["step"], "examples": record["examples"], "value": value, "path": str(path)}
-            trainer.save_checkpoint(path)
-
-    def choose(self, metric: str) -> dict[str, Any] | None:
-        """The evaluation record that ``metric`` selects among the candidates (first best on ties)."""
-        name = metric.removeprefix("eval/")
-        best = None
-        for record in (r for r in self.records if name in r["scores"] and self._candidate(r)):
-            if best is None or self._better(record["scores"][name], best["scores"][name]):
-                best = record
-        return best
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # on_fit_end, not on_train_end: PeriodicEvaluation's closing evaluation (its on_train_end) is in,
-        # whichever order the callbacks are listed in
-        folder = log_dir(trainer)
-        if not trainer.is_global_zero or not self.records:
-            return
-        criteria = [self.monitor] + [m for m in self.compare if m != self.monitor]
-        selections = {m: self.choose(m) for m in criteria}
-        summary = {
-            "monitor": self.monitor,
-            "include_initial": self.include_initial,
-            "best_checkpoint": self.best,
-            "selections": {m: r for m, r in selections.items() if r is not None},
-            "first": self.records[0],
-            "last": self.records[-1],
-        }
-        (folder / "selection.json").write_text(json.dumps(summary, indent=2))
-        (folder / "selection.md").write_text(selection_table(summary))
-        logger.info(
-            "selected step %s by %s: %s", self.best and self.best["step"], self.monitor, folder / "selection.md"
-        )

@@ -1,10 +1,17 @@
-"""The whole run's expected remaining time, evaluations included (Lightning's bar counts training only)."""
+"""Where a run is and where it writes: its folder (`log_dir`), its expected remaining time, evaluations
+included (Lightning's bar counts training only), and evaluations left out of the training throughput."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.states import RunningStage
 
 
 def remaining(
@@ -49,3 +56,34 @@ class RunClock:
         per_step = (time.perf_counter() - self.started - self.evaluating) / steps if steps > 0 else 0.0
         left = remaining(record["step"], max_steps, record["examples"], every_n_examples, per_step, self.longest)
         return describe(record["step"], max_steps, left)
+
+
+def log_dir(trainer: L.Trainer) -> Path:
+    """Where a run writes its files, the folder of Lightning's own checkpoints: a TensorBoard or CSV logger's
+    ``log_dir``; for another logger (W&B, MLflow, ...) ``<save_dir or default_root_dir>/<name>/<version>``;
+    without a logger the trainer's ``default_root_dir``.
+
+    A collective under DDP (rank zero's folder is broadcast): call this on every rank."""
+    run_logger = trainer.logger
+    if run_logger is None:
+        folder = Path(trainer.default_root_dir)
+    elif isinstance(run_logger, (TensorBoardLogger, CSVLogger)):
+        folder = Path(run_logger.log_dir)
+    else:
+        version = run_logger.version
+        version = version if isinstance(version, str) else f"version_{version}"
+        folder = Path(run_logger.save_dir or trainer.default_root_dir) / str(run_logger.name) / version
+    folder = Path(trainer.strategy.broadcast(str(folder), src=0))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def leave_out_of_throughput(trainer: L.Trainer, started: float, seconds: float) -> None:
+    """Move each `ThroughputMonitor`'s training clock on by an evaluation's ``seconds`` (begun at
+    ``started``, ``perf_counter``), so that its ``train/*`` rates measure training alone, as Lightning does for
+    its own validation loop; a clock started after ``started`` did not count the evaluation."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ThroughputMonitor):
+            clock = callback._t0s.get(RunningStage.TRAINING)
+            if clock is not None and clock <= started:
+                callback._t0s[RunningStage.TRAINING] = clock + seconds
