@@ -147,31 +147,30 @@ def report(args, what: str, prompts: list[str], tokenizer, runs: dict, default: 
         print(f"{labels[name]:<46} {rates[name]:>10.2f} {seconds:>8.1f} {same[name]:>9}{mark}")
     ratio = rates[default] / rates["previous"]
     print(f"ratio: {ratio:.2f}x (target >= 2x); static vs own loop: {rates['static'] / rates['own loop']:.2f}x")
-    print(
-        json.dumps(
-            {
-                "benchmark": "evaluate",
-                "ours_per_s": round(rates[default], 3),
-                "previous_per_s": round(rates["previous"], 3),
-                "own_loop_per_s": round(rates["own loop"], 3),
-                "static_per_s": round(rates["static"], 3),
-                "identical": same[default],
-                "static_identical": same["static"],
-                "examples": len(prompts),
-                "model": what,
-                "device": torch.cuda.get_device_name()
-                if args.device.startswith("cuda")
-                else f"cpu ({os.cpu_count()} cores)",
-                "ratio_vs_previous": round(ratio, 2),
-                "static_vs_own_loop": round(rates["static"] / rates["own loop"], 2),
-            }
-        )
-    )
+    print(json.dumps(figures(args, what, len(prompts), rates, same, default)))
     worst = len(prompts) - min(same["own loop"], same["static"])
     if worst:
         print(f"completions differ on {worst} of {len(prompts)} prompts", file=sys.stderr)
         return 1
     return 0
+
+
+def figures(args, what: str, examples: int, rates: dict, same: dict, default: str) -> dict:
+    """The JSON line's figures."""
+    return {
+        "benchmark": "evaluate",
+        "ours_per_s": round(rates[default], 3),
+        "previous_per_s": round(rates["previous"], 3),
+        "own_loop_per_s": round(rates["own loop"], 3),
+        "static_per_s": round(rates["static"], 3),
+        "identical": same[default],
+        "static_identical": same["static"],
+        "examples": examples,
+        "model": what,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({os.cpu_count()} cores)",
+        "ratio_vs_previous": round(rates[default] / rates["previous"], 2),
+        "static_vs_own_loop": round(rates["static"] / rates["own loop"], 2),
+    }
 
 
 if __name__ == "__main__":

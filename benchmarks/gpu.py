@@ -101,7 +101,7 @@ def decode_case(args, model, tokenizer) -> dict:
         "batch": rows,
         "bytes_per_step": int(weights + kv),
         "bound_tokens_per_s": round(bound, 1),
-        "fraction_of_bound": round(rates["static"] / bound, 4),
+        "fraction_of_bound": _figure(rates["static"] / bound),
     }
 
 
@@ -166,8 +166,8 @@ def train_case(model, args, encoder_decoder: bool) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "batch": list(shape),
         "tokens_per_s": round(tokens / seconds, 1),
-        "tflops": round(flops / seconds / 1e12, 2),
-        "mfu": round(flops / seconds / (args.peak_tflops * 1e12), 4),
+        "tflops": _figure(flops / seconds / 1e12),
+        "mfu": _figure(flops / seconds / (args.peak_tflops * 1e12)),
         "checkpointing": args.checkpointing,
         "attention": model.config._attn_implementation,
         "loss": round(float(loss.detach()), 3),
@@ -181,6 +181,11 @@ def _train_flops(model, source_tokens: int, target_tokens: int, encoder_decoder:
         return 6.0 * total * source_tokens
     encoder = sum(p.numel() for p in model.encoder.parameters()) - model.shared.weight.numel()
     return 6.0 * (encoder * source_tokens + (total - encoder) * target_tokens)
+
+
+def _figure(value: float) -> float:
+    """Three significant digits (a CPU's dry-run fractions are tiny but not zero)."""
+    return float(f"{value:.3g}")
 
 
 def _synchronize() -> None:
@@ -208,7 +213,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log", default=None, help="append each result line to this file as it is measured")
     args = parser.parse_args(argv)
     if args.dry_run:
-        args.examples, args.max_new_tokens, args.batch_size = min(args.examples, 4), min(args.max_new_tokens, 8), 4
+        args.examples, args.max_new_tokens, args.batch_size = min(args.examples, 2), min(args.max_new_tokens, 8), 2
         args.train_batch, args.seq_len, args.train_steps = 2, 32, 2
     if args.model is None:
         from specialight.core.models import resolve_model
@@ -217,8 +222,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+def run(args: argparse.Namespace) -> dict:
+    """Every part's figures, each logged as soon as it is measured."""
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()})"
     result: dict = {"benchmark": "gpu", "device": device, "dry_run": args.dry_run}
     parts = args.parts.split(",")
@@ -239,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: {json.dumps(result[name])}", args.log)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    result = run(args)
     print(json.dumps(result))
     decode = result.get("decode")  # bf16 may round a near tie differently in another batch shape: fp32 must agree
     return 1 if decode and args.dtype == "fp32" and decode["identical"] != decode["examples"] else 0

@@ -90,11 +90,7 @@ def generate(
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     encoded = _encode(tokenizer, prompts, max_prompt_tokens)
     _check_positions(model.config, encoded, limits, encoder_decoder)
-    device = next(model.parameters()).device
-    static = device.type == "cuda" if static is None else static
-    own_loop = not encoder_decoder and _plain_greedy(model)
-    if static and own_loop and device.type == "cuda":
-        batch_size = max(batch_size, memory_batch(model, [len(e) for e in encoded], max(limits), device))
+    own_loop, static, batch_size = _plan(model, encoded, limits, batch_size, static)
     decoder = Decoder(model, tokenizer, stop, context)
     run = _batch_decoder(decoder, own_loop, static, encoder_decoder)
     completions: list[str] = [""] * len(prompts)
@@ -113,6 +109,17 @@ def generate(
         bar.close()
         model.train(was_training)
     return completions
+
+
+def _plan(model, encoded: list[list[int]], limits: list[int], batch_size: int, static: bool | None):
+    """``(own loop, static, batch size)``: the own loop for plain-greedy decoder-only models; static by
+    default on CUDA, where its batch comes from free memory (at least ``batch_size``)."""
+    device = next(model.parameters()).device
+    static = device.type == "cuda" if static is None else static
+    own_loop = not bool(getattr(model.config, "is_encoder_decoder", False)) and _plain_greedy(model)
+    if static and own_loop and device.type == "cuda":
+        batch_size = max(batch_size, memory_batch(model, [len(e) for e in encoded], max(limits), device))
+    return own_loop, static, batch_size
 
 
 def _encode(tokenizer, prompts: list[str], caps: list[int | None] | None) -> list[list[int]]:
