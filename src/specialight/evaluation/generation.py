@@ -11,10 +11,15 @@ shared text rather than once per question:
 * each step takes the argmax (as ``generate(do_sample=False)``), a row stops at EOS or when the text of its
   last few tokens holds the stop string (``Q:``), and finished rows leave the batch and its cache.
 
+On CUDA the same loop runs by default over buffers of fixed shape, one step a CUDA graph replay, the batch
+sized from free memory (`specialight.evaluation.static`); on CPU the reserved-cache loop above stays the
+default (`benchmarks/evaluate.py` times both).
+
 A model whose generation config asks for more than plain greedy decoding (a repetition penalty, banned
 words...) and every encoder-decoder model go through ``transformers``' ``generate`` instead (its
-``stop_strings`` criterion stops at ``Q:``), batched the same way without a shared prefix. Completions come
-back in the prompts' order, cut at the stop string.
+``stop_strings`` criterion stops at ``Q:``), batched the same way without a shared prefix, with its static
+cache when static (transformers compiles it on a GPU). Completions come back in the prompts' order, cut at
+the stop string.
 """
 
 from __future__ import annotations
