@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo reproduce-cpu reproduce-cpu-formats bench lint llama-server
+.PHONY: help install test test-fast demo reproduce-cpu reproduce-cpu-formats bench lint llama-server gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -45,6 +45,11 @@ reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-conte
 
 bench: $(STAMP) ## run every benchmark under benchmarks/ (each prints a JSON line last)
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# no $(STAMP): a lent GPU machine has no network; its python3 holds torch, transformers and Lightning
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check: ## on a lent GPU: decode vs bandwidth bound, training MFU, demo_gpu before/after (<= 8 min; docs/benchmarks.md)
+	PYTHONPATH=src PYTHONUNBUFFERED=1 $(GPU_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 llama-server: $(STAMP) ## build llama.cpp's llama-server into ~/.cache/specialight (~10 min; the HTTP-teacher tests use it)
 	PYTHON=$(BIN)/python scripts/build_llama_server.sh

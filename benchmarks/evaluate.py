@@ -4,9 +4,12 @@ The model is a random decoder with SmolLM2-135M's shapes (LlamaConfig: hidden 57
 key/value heads, intermediate 1536, vocabulary 49,152, tied embeddings) on SmolLM2's real tokenizer; the
 prompts are a real math suite's (GSM8K dev by default) with the paper's 4-shot prompt, greedy, one token
 budget. The baseline, ``previous_generate`` below, is the evaluator's generation before the shared-prefix
-cache: left-padded batches through ``transformers``' ``generate`` with ``stop_strings``. Both run in this
-process with the same batch size; the script prints examples/s of each and exits with status 1 when any
-completion differs. The last line is JSON with ``ratio_vs_previous`` (target >= 2 on the 2-core CPU).
+cache: left-padded batches through ``transformers``' ``generate`` with ``stop_strings``. Today's own loop
+(reserved KV cache, the CPU default) and the static loop (fixed buffers, `specialight.evaluation.static`,
+captured in CUDA graphs on a GPU, where it is the default and sizes its batch from free memory) run beside
+it in this process on the same prompts; the script prints examples/s of each and exits with status 1 when
+any completion differs. The last line is JSON with ``ratio_vs_previous`` (the device's default against the
+previous; target >= 2 on the 2-core CPU) and ``static_per_s`` / ``static_vs_own_loop``.
 
     python benchmarks/evaluate.py [--suite gsm8k_dev] [--examples 24] [--max-new-tokens 64] [--batch-size 16]
 """
@@ -18,6 +21,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -108,49 +112,65 @@ def main() -> int:
         )
     model.to(args.device)
     prompts = [i.prompt for i in build_items(args.suite, data_dir, limit=args.examples)]
-    tokens = sum(len(tokenizer.encode(p)) for p in prompts) / len(prompts)
     generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, progress=False)  # warm-up
+    timed = {"previous": lambda: previous_generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)}
+    for name, static in (("own loop", False), ("static", True)):
+        timed[name] = partial(
+            generate, model, tokenizer, prompts, args.max_new_tokens, args.batch_size, progress=False, static=static
+        )
+    runs = {}
+    for name, run in timed.items():
+        start = time.perf_counter()
+        runs[name] = (run(), time.perf_counter() - start)
+    default = "static" if args.device.startswith("cuda") else "own loop"  # what `generate` picks there
+    return report(args, what, prompts, tokenizer, runs, default)
 
-    start = time.perf_counter()
-    baseline = previous_generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
-    baseline_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ours = generate(
-        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False
-    )
-    ours_s = time.perf_counter() - start
 
-    same = sum(a == b for a, b in zip(ours, baseline, strict=True))
-    ours_rate, baseline_rate = len(prompts) / ours_s, len(prompts) / baseline_s
+def report(args, what: str, prompts: list[str], tokenizer, runs: dict, default: str) -> int:
+    """Print the table and the JSON line; 1 when any completion differs from the previous generation's."""
+    baseline = runs["previous"][0]
+    rates = {name: len(prompts) / seconds for name, (_, seconds) in runs.items()}
+    same = {name: sum(a == b for a, b in zip(out, baseline, strict=True)) for name, (out, _) in runs.items()}
+    tokens = sum(len(tokenizer.encode(p)) for p in prompts) / len(prompts)
     print(
         f"{len(prompts)} {args.suite} prompts (4-shot, {tokens:.0f} tokens on average), {args.max_new_tokens} new "
         f"tokens, batch {args.batch_size}, {what}, {args.device}"
     )
-    print(f"{'what':<44} {'examples/s':>10} {'s':>8}")
-    print(f"{'previous: HF generate, left-padded batches':<44} {baseline_rate:>10.2f} {baseline_s:>8.1f}")
-    print(f"{'ours: shared-prefix KV cache, own greedy loop':<44} {ours_rate:>10.2f} {ours_s:>8.1f}")
-    ratio = ours_rate / baseline_rate
-    print(f"ratio: {ratio:.2f}x (target >= 2x); identical completions: {same}/{len(prompts)}")
-    print(
-        json.dumps(
-            {
-                "benchmark": "evaluate",
-                "ours_per_s": round(ours_rate, 3),
-                "previous_per_s": round(baseline_rate, 3),
-                "identical": same,
-                "examples": len(prompts),
-                "model": what,
-                "device": torch.cuda.get_device_name()
-                if args.device.startswith("cuda")
-                else f"cpu ({os.cpu_count()} cores)",
-                "ratio_vs_previous": round(ratio, 2),
-            }
-        )
-    )
-    if same != len(prompts):
-        print(f"completions differ on {len(prompts) - same} of {len(prompts)} prompts", file=sys.stderr)
+    labels = {
+        "previous": "previous: HF generate, left-padded batches",
+        "own loop": "own loop: shared-prefix KV cache",
+        "static": "static: fixed buffers (+ CUDA graphs on GPU)",
+    }
+    print(f"{'what':<46} {'examples/s':>10} {'s':>8} {'identical':>9}")
+    for name, (_, seconds) in runs.items():
+        mark = " (default here)" if name == default else ""
+        print(f"{labels[name]:<46} {rates[name]:>10.2f} {seconds:>8.1f} {same[name]:>9}{mark}")
+    ratio = rates[default] / rates["previous"]
+    print(f"ratio: {ratio:.2f}x (target >= 2x); static vs own loop: {rates['static'] / rates['own loop']:.2f}x")
+    print(json.dumps(figures(args, what, len(prompts), rates, same, default)))
+    worst = len(prompts) - min(same["own loop"], same["static"])
+    if worst:
+        print(f"completions differ on {worst} of {len(prompts)} prompts", file=sys.stderr)
         return 1
     return 0
+
+
+def figures(args, what: str, examples: int, rates: dict, same: dict, default: str) -> dict:
+    """The JSON line's figures."""
+    return {
+        "benchmark": "evaluate",
+        "ours_per_s": round(rates[default], 3),
+        "previous_per_s": round(rates["previous"], 3),
+        "own_loop_per_s": round(rates["own loop"], 3),
+        "static_per_s": round(rates["static"], 3),
+        "identical": same[default],
+        "static_identical": same["static"],
+        "examples": examples,
+        "model": what,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({os.cpu_count()} cores)",
+        "ratio_vs_previous": round(rates[default] / rates["previous"], 2),
+        "static_vs_own_loop": round(rates["static"] / rates["own loop"], 2),
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The evaluation benchmark fails loudly when our completions differ from the baseline's."""
+"""The evaluation benchmark fails loudly when our completions differ from the baseline's; the GPU benchmark
+runs on a CPU in its dry-run mode."""
 
 import sys
 
@@ -22,4 +23,20 @@ def test_evaluate_benchmark_exit_status_follows_the_completions(monkeypatch, cap
     assert evaluate.main() == (1 if broken else 0)
     captured = capsys.readouterr()
     assert ("completions differ on 2 of 2 prompts" in captured.err) is broken
-    assert '"benchmark": "evaluate"' in captured.out
+    assert '"benchmark": "evaluate"' in captured.out and '"static_per_s"' in captured.out
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_measures_every_part_on_a_cpu(capsys):
+    """benchmarks/gpu.py --dry-run: decode (static vs today's loop, identical), training of both models."""
+    import json
+
+    from benchmarks import gpu
+
+    assert gpu.main(["--dry-run"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    decode = result["decode"]
+    assert decode["identical"] == decode["examples"] == 2 and decode["ratio"] > 0
+    assert 0 < decode["fraction_of_bound"] < 1 and decode["bytes_per_step"] > 0
+    for name in ("train_smollm2", "train_t5_base"):
+        assert result[name]["tokens_per_s"] > 0 and 0 < result[name]["mfu"] < 1

@@ -81,6 +81,45 @@ def test_a_prompt_longer_than_the_context_loses_its_left_edge(tiny_gpt2_dir, dat
         assert value == pytest.approx(_direct_nll(model, tokenizer, kept), rel=1e-4)
 
 
+class _BosTokenizer:
+    """GPT-2's tokenizer with a BOS token before every prompt, as Llama-style tokenizers add one."""
+
+    def __init__(self, inner, bos: int) -> None:
+        self.inner, self.bos_token_id = inner, bos
+        self.pad_token_id = self.eos_token_id = inner.eos_token_id
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = self.inner.encode(text)
+        return [self.bos_token_id, *ids] if add_special_tokens else ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.inner.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+@pytest.mark.slow
+def test_a_shortened_prompt_keeps_its_leading_bos_as_generation_does(tiny_gpt2_dir, data_dir):
+    from specialight.evaluation.generation import cut_left
+
+    model, inner = _load(tiny_gpt2_dir)
+    bos = 31  # "@": any id; the point is that it leads every prompt
+    tokenizer = _BosTokenizer(inner, bos)
+    texts = build_texts("nll_bbh_cot", data_dir, None, limit=2, bbh_tasks=["multistep_arithmetic_two"])
+    limit = model.config.n_positions
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    values = token_nlls(model, tokenizer, texts, batch_size=2, progress=False)
+    hook.remove()
+    assert seen[0][0, 0] == bos  # the shared prefix's prefill starts at BOS
+    for text, value in zip(texts, values):
+        prompt, target = tokenizer.encode(text.prompt), tokenizer.encode(text.target, add_special_tokens=False)
+        assert len(prompt) + len(target) > limit
+        kept = [bos, *prompt[len(prompt) - (limit - len(target)) + 1 :]]
+        assert kept == cut_left(prompt, limit - len(target), bos)  # generation's cut keeps the same tokens
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([kept + target])).logits[0, len(kept) - 1 : -1]
+        assert value == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor(target))), rel=1e-4)
+
+
 @pytest.mark.slow
 def test_paired_difference_is_zero_for_the_same_model_and_moves_when_trained_on_the_text(tiny_gpt2_dir, data_dir):
     model, tokenizer = _load(tiny_gpt2_dir)

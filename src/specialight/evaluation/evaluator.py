@@ -140,53 +140,61 @@ class Evaluator:
     ) -> Results:
         rank, world = rank_and_world()
         records: list[dict] = []
+        results = Results()
         if "generation" in kinds and self.items():
-            items, fitted = self.items(), self.fitted()
-            mine = range(rank, len(items), world)
-            if self.completer is not None:
-                prompts = [self._prompt_text(fitted[i]) for i in mine]
-                completions = self.completer([items[i] for i in mine], prompts, progress)
-            else:
-                completions = generate(
-                    self.model,
-                    self.tokenizer,
-                    [fitted[i].text for i in mine],
-                    [items[i].max_new_tokens for i in mine],
-                    self.settings.batch_size,
-                    progress=progress,
-                    context=context,
-                    description="evaluate",
-                    max_prompt_tokens=[fitted[i].max_tokens for i in mine],
-                )
-            local = score_records([items[i] for i in mine], completions, [fitted[i].shortened for i in mine])
-            leaves = list(dict.fromkeys(item.suite for item in items))
-            device = next(self.model.parameters()).device if self.model is not None else "cpu"
-            results = results_from_counts(sum_counts(leaves, count(local), device))
-            records = [r for _, r in sorted(gather([(i, r) for i, r in zip(mine, local)]), key=lambda p: p[0])]
-            for name in self.settings.suites:
-                if name in COMPOSITES:
-                    results.add_mean(name, list(COMPOSITES[name]))
+            results, records = self._generation(rank, world, progress, context)
             if out_dir is not None and rank == 0:  # on disk before the likelihood suites start
                 write_results(Path(out_dir), results, records)
-        else:
-            results = Results()
         if "likelihood" in kinds and self.texts():
-            if self.model is None:
-                raise ValueError("likelihood suites (nll_*) need the model in process, not a server")
-            texts = self.texts()
-            mine = range(rank, len(texts), world)
-            values = token_nlls(
-                self.model, self.tokenizer, [texts[i] for i in mine], self.settings.batch_size, progress, context
-            )
-            everything = gather([(i, v) for i, v in zip(mine, values)])
-            by_suite: dict[str, dict[str, float]] = defaultdict(dict)
-            for index, value in sorted(everything, key=lambda p: p[0]):
-                by_suite[texts[index].suite.split("/", 1)[0]][texts[index].id] = value
-            for suite, suite_values in by_suite.items():
-                results.add_likelihood(suite, suite_values)
+            self._likelihood(results, rank, world, progress, context)
         if out_dir is not None and rank == 0:
             write_results(Path(out_dir), results, records)
         return results
+
+    def _generation(self, rank: int, world: int, progress: bool, context) -> tuple[Results, list[dict]]:
+        """Every rank's scores of the generation suites (composites included) and the records, in order."""
+        items, fitted = self.items(), self.fitted()
+        mine = range(rank, len(items), world)
+        if self.completer is not None:
+            prompts = [self._prompt_text(fitted[i]) for i in mine]
+            completions = self.completer([items[i] for i in mine], prompts, progress)
+        else:
+            completions = generate(
+                self.model,
+                self.tokenizer,
+                [fitted[i].text for i in mine],
+                [items[i].max_new_tokens for i in mine],
+                self.settings.batch_size,
+                progress=progress,
+                context=context,
+                description="evaluate",
+                max_prompt_tokens=[fitted[i].max_tokens for i in mine],
+            )
+        local = score_records([items[i] for i in mine], completions, [fitted[i].shortened for i in mine])
+        leaves = list(dict.fromkeys(item.suite for item in items))
+        device = next(self.model.parameters()).device if self.model is not None else "cpu"
+        results = results_from_counts(sum_counts(leaves, count(local), device))
+        records = [r for _, r in sorted(gather([(i, r) for i, r in zip(mine, local)]), key=lambda p: p[0])]
+        for name in self.settings.suites:
+            if name in COMPOSITES:
+                results.add_mean(name, list(COMPOSITES[name]))
+        return results, records
+
+    def _likelihood(self, results: Results, rank: int, world: int, progress: bool, context) -> None:
+        """Add every likelihood suite's per-example NLLs, gathered from all ranks, to ``results``."""
+        if self.model is None:
+            raise ValueError("likelihood suites (nll_*) need the model in process, not a server")
+        texts = self.texts()
+        mine = range(rank, len(texts), world)
+        values = token_nlls(
+            self.model, self.tokenizer, [texts[i] for i in mine], self.settings.batch_size, progress, context
+        )
+        everything = gather([(i, v) for i, v in zip(mine, values)])
+        by_suite: dict[str, dict[str, float]] = defaultdict(dict)
+        for index, value in sorted(everything, key=lambda p: p[0]):
+            by_suite[texts[index].suite.split("/", 1)[0]][texts[index].id] = value
+        for suite, suite_values in by_suite.items():
+            results.add_likelihood(suite, suite_values)
 
     def _prompt_text(self, fitted: FittedPrompt) -> str:
         """A fitted prompt as text, its left edge cut to ``max_tokens`` as `generate` cuts token ids."""

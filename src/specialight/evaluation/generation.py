@@ -11,10 +11,15 @@ shared text rather than once per question:
 * each step takes the argmax (as ``generate(do_sample=False)``), a row stops at EOS or when the text of its
   last few tokens holds the stop string (``Q:``), and finished rows leave the batch and its cache.
 
+On CUDA the same loop runs by default over buffers of fixed shape, one step a CUDA graph replay, the batch
+sized from free memory (`specialight.evaluation.static`); on CPU the reserved-cache loop above stays the
+default (`benchmarks/evaluate.py` times both).
+
 A model whose generation config asks for more than plain greedy decoding (a repetition penalty, banned
 words...) and every encoder-decoder model go through ``transformers``' ``generate`` instead (its
-``stop_strings`` criterion stops at ``Q:``), batched the same way without a shared prefix. Completions come
-back in the prompts' order, cut at the stop string.
+``stop_strings`` criterion stops at ``Q:``), batched the same way without a shared prefix, with its static
+cache when static (transformers compiles it on a GPU). Completions come back in the prompts' order, cut at
+the stop string.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import torch
 from tqdm.auto import tqdm
 
 from specialight.data.stops import EVALUATION_STOP, cut_at_stop
+from specialight.evaluation.batching import MIN_SHARED_PREFIX, batches, prefix_clusters
 from specialight.evaluation.cache import reserve
+from specialight.evaluation.sizing import memory_batch
+from specialight.evaluation.static import StaticDecoder
 
 POSITION_LIMITS = ("n_positions", "max_position_embeddings")
-MIN_SHARED_PREFIX = 32  # tokens; a shorter common prefix is not worth its own prefill
 _GREEDY_DEFAULTS = {
     "repetition_penalty": 1.0,
     "encoder_repetition_penalty": 1.0,
@@ -69,6 +76,7 @@ def generate(
     description: str = "generate",
     max_prompt_tokens: list[int | None] | None = None,
     share_prefix: bool = True,
+    static: bool | None = None,
 ) -> list[str]:
     """Greedy completions of ``prompts`` (a per-prompt ``max_new_tokens`` list is allowed).
 
@@ -76,33 +84,29 @@ def generate(
     ``max_prompt_tokens`` keeps at most that many of a prompt's last tokens (its left edge is cut; a
     leading BOS is kept). A decoder-only prompt whose tokens plus budget exceed the model's positions
     raises ValueError rather than index past the position embeddings (`specialight.evaluation.context`
-    fits prompts beforehand). ``share_prefix=False`` gives every prompt its own prefill.
+    fits prompts beforehand). ``share_prefix=False`` gives every prompt its own prefill. ``static``
+    decodes with buffers of fixed shape (`specialight.evaluation.static`: CUDA graphs on a GPU, where the
+    batch is sized from free device memory and ``batch_size`` is only its floor; ``generate`` with a
+    static cache for encoder-decoders); None: static on CUDA, the reserved-cache loop elsewhere.
     """
     if not prompts:
         return []
     limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
-    caps = max_prompt_tokens or [None] * len(prompts)
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    encoded = [
-        cut_left(tokenizer.encode(p, add_special_tokens=True), cap, tokenizer.bos_token_id)
-        for p, cap in zip(prompts, caps, strict=True)
-    ]
+    encoded = _encode(tokenizer, prompts, max_prompt_tokens)
     _check_positions(model.config, encoded, limits, encoder_decoder)
-    own_loop = not encoder_decoder and _plain_greedy(model)
-    minimum = MIN_SHARED_PREFIX if own_loop and share_prefix else None
+    own_loop, static, batch_size = _plan(model, encoded, limits, batch_size, static)
+    decoder = Decoder(model, tokenizer, stop, context)
+    run = _batch_decoder(decoder, own_loop, static, encoder_decoder)
     completions: list[str] = [""] * len(prompts)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc=description, unit="ex", disable=not progress, leave=False)
-    decoder = Decoder(model, tokenizer, stop, context)
     try:
-        for prefix, group in prefix_clusters(encoded, minimum):
+        for prefix, group in prefix_clusters(encoded, MIN_SHARED_PREFIX if own_loop and share_prefix else None):
             cache = decoder.prefill(encoded[group[0]][:prefix]) if prefix else None
-            for rows in _batches(group, encoded, limits, prefix, batch_size):
-                if own_loop:
-                    new = decoder.decode([encoded[i] for i in rows], prefix, cache, limits[rows[0]])
-                else:
-                    new = decoder.hf_generate([encoded[i] for i in rows], limits[rows[0]], encoder_decoder)
+            for rows in batches(group, encoded, limits, prefix, batch_size):
+                new = run([encoded[i] for i in rows], prefix, cache, limits[rows[0]])
                 for i, ids in zip(rows, new, strict=True):
                     completions[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
                 bar.update(len(rows))
@@ -112,41 +116,38 @@ def generate(
     return completions
 
 
-def prefix_clusters(encoded: list[list[int]], minimum: int | None) -> list[tuple[int, list[int]]]:
-    """``(prefix tokens, prompt indices)``: prompts sorted by their tokens, cut where neighbours share
-    fewer than ``minimum`` leading tokens (None: one cluster without a prefix). A prefix leaves every
-    prompt at least one token of its own, whose logits give the first new token."""
-    if minimum is None:
-        return [(0, list(range(len(encoded))))]
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i])
-    clusters: list[tuple[int, list[int]]] = []
-    prefix, members = len(encoded[order[0]]) - 1, [order[0]]
-    for previous, index in zip(order, order[1:]):
-        shared = min(_common_length(encoded[previous], encoded[index]), len(encoded[index]) - 1, prefix)
-        if shared >= minimum:
-            prefix, members = shared, [*members, index]
-            continue
-        clusters.append((prefix if len(members) > 1 else 0, members))
-        prefix, members = len(encoded[index]) - 1, [index]
-    clusters.append((prefix if len(members) > 1 else 0, members))
-    return clusters
+def _plan(model, encoded: list[list[int]], limits: list[int], batch_size: int, static: bool | None):
+    """``(own loop, static, batch size)``: the own loop for plain-greedy decoder-only models; static by
+    default on CUDA, where its batch comes from free memory (at least ``batch_size``)."""
+    device = next(model.parameters()).device
+    static = device.type == "cuda" if static is None else static
+    own_loop = not bool(getattr(model.config, "is_encoder_decoder", False)) and _plain_greedy(model)
+    if static and own_loop and device.type == "cuda":
+        batch_size = max(batch_size, memory_batch(model, [len(e) for e in encoded], max(limits), device))
+    return own_loop, static, batch_size
 
 
-def _common_length(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length
+def _encode(tokenizer, prompts: list[str], caps: list[int | None] | None) -> list[list[int]]:
+    """Each prompt's token ids, its left edge cut to its cap (a leading BOS kept)."""
+    caps = caps or [None] * len(prompts)
+    bos = tokenizer.bos_token_id
+    return [cut_left(tokenizer.encode(p, add_special_tokens=True), c, bos) for p, c in zip(prompts, caps, strict=True)]
 
 
-def _batches(group: list[int], encoded: list[list[int]], limits: list[int], prefix: int, size: int):
-    """Batches of at most ``size`` prompts with one budget, longest budget first, each sorted by length."""
-    order = sorted(group, key=lambda i: (-limits[i], -(len(encoded[i]) - prefix)))
-    for budget in sorted({limits[i] for i in group}, reverse=True):
-        same = [i for i in order if limits[i] == budget]
-        yield from (same[s : s + size] for s in range(0, len(same), size))
+def _batch_decoder(decoder: Decoder, own_loop: bool, static: bool, encoder_decoder: bool):
+    """``(prompts, prefix, prefix cache, budget) -> new tokens`` for one batch: the own loop (reserved
+    cache), its static twin (falling back to it where the model does not allow), or ``generate``."""
+    if not own_loop:
+        return lambda prompts, prefix, cache, budget: decoder.hf_generate(prompts, budget, encoder_decoder, static)
+    if not static:
+        return decoder.decode
+    fixed = StaticDecoder(decoder)
+
+    def run(prompts: list[list[int]], prefix: int, cache, budget: int) -> list[list[int]]:
+        new = fixed.decode(prompts, prefix, cache, budget)
+        return decoder.decode(prompts, prefix, cache, budget) if new is None else new
+
+    return run
 
 
 class Decoder:
@@ -181,8 +182,9 @@ class Decoder:
         ids = torch.tensor([prefix])
         return self._forward(ids, torch.ones_like(ids), torch.arange(len(prefix))[None], None)[1]
 
-    def decode(self, prompts: list[list[int]], prefix: int, prefix_cache, budget: int) -> list[list[int]]:
-        """New tokens of each prompt (at most ``budget``; EOS left out, stop string kept)."""
+    def start(self, prompts: list[list[int]], prefix: int, prefix_cache):
+        """Prefill of a left-padded batch ``[prefix][padding][prompt]``: the last logits ``[B, V]``, the
+        cache, the 2D mask ``[B, prefix + width]`` and the prompt positions ``[B, width]`` (CPU)."""
         width = max(len(p) - prefix for p in prompts)
         ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), prefix + width), dtype=torch.long)
@@ -196,20 +198,25 @@ class Decoder:
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(prompts))
+        logits, cache = self._forward(ids, mask, positions, cache)
+        return logits, cache, mask, positions
+
+    def take(self, row: list[int], token: int) -> bool:
+        """Add ``token`` to ``row`` unless it is EOS; whether the row goes on (no EOS, no stop string in
+        the text of its last tokens)."""
+        if token == self.eos:
+            return False
+        row.append(token)
+        return self.stop not in self.tokenizer.decode(row[-self.window :])
+
+    def decode(self, prompts: list[list[int]], prefix: int, prefix_cache, budget: int) -> list[list[int]]:
+        """New tokens of each prompt (at most ``budget``; EOS left out, stop string kept)."""
+        logits, cache, mask, positions = self.start(prompts, prefix, prefix_cache)
+        reserve(cache, budget)
         new: list[list[int]] = [[] for _ in prompts]
         alive = list(range(len(prompts)))
         for step in range(budget):
-            logits, cache = self._forward(ids, mask, positions, cache)
-            if step == 0:
-                reserve(cache, budget)
-            keep = []
-            for b, token in enumerate(logits.argmax(-1).tolist()):
-                row = new[alive[b]]
-                if token == self.eos:
-                    continue
-                row.append(token)
-                if self.stop not in self.tokenizer.decode(row[-self.window :]):
-                    keep.append(b)
+            keep = [b for b, token in enumerate(logits.argmax(-1).tolist()) if self.take(new[alive[b]], token)]
             if not keep or step == budget - 1:
                 break
             if len(keep) < len(alive):
@@ -220,10 +227,14 @@ class Decoder:
             ids = torch.tensor([[new[r][-1]] for r in alive])
             mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=torch.long)], dim=1)
             positions = positions[:, -1:] + 1
+            logits, cache = self._forward(ids, mask, positions, cache)
         return new
 
-    def hf_generate(self, prompts: list[list[int]], budget: int, encoder_decoder: bool) -> list[list[int]]:
-        """New tokens of each prompt from ``transformers``' ``generate`` (padding right for encoders)."""
+    def hf_generate(
+        self, prompts: list[list[int]], budget: int, encoder_decoder: bool, static: bool = False
+    ) -> list[list[int]]:
+        """New tokens of each prompt from ``transformers``' ``generate`` (padding right for encoders;
+        ``static``: its static cache, which ``generate`` compiles with CUDA graphs on a GPU)."""
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -241,6 +252,7 @@ class Decoder:
                 eos_token_id=self.eos,
                 stop_strings=[self.stop],
                 tokenizer=self.tokenizer,
+                **({"cache_implementation": "static"} if static else {}),
             )
         new = output if encoder_decoder else output[:, width:]
         return [row[: budget + (1 if encoder_decoder else 0)] for row in new.tolist()]

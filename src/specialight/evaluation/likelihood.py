@@ -13,7 +13,8 @@ token contributes. Suites (forward passes only, no generation):
 A suite's score is the mean over examples of each example's mean per-token NLL (every example weighs the
 same, so a bootstrap over examples gives its 95% interval). `paired_difference` compares two evaluations of
 the same examples (two checkpoints) by a paired bootstrap: the interval of the mean per-example change.
-Prompts longer than the model's context lose tokens at their left edge; the target is never cut.
+Prompts longer than the model's context lose tokens at their left edge (a leading BOS stays, as in
+generation); the target is never cut.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from specialight.data.formats import answer_target, question_prompt, render
 from specialight.data.jsonl import read_jsonl
 from specialight.data.stops import EVALUATION_STOP
 from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
-from specialight.evaluation.generation import MIN_SHARED_PREFIX, Decoder, context_length, prefix_clusters
+from specialight.evaluation.batching import MIN_SHARED_PREFIX, prefix_clusters
+from specialight.evaluation.generation import Decoder, context_length, cut_left
 from specialight.evaluation.suites import bbh_query
 
 LIKELIHOOD_SUITES = ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context", "nll_bbh_cot", "nll_bbh_ao")
@@ -85,26 +87,35 @@ def build_texts(
     if suite not in LIKELIHOOD_SUITES:
         raise DataError(f"unknown likelihood suite {suite!r}; known: {', '.join(LIKELIHOOD_SUITES)}")
     if suite.startswith("nll_gsm8k_dev"):
-        prefix = ""
-        if suite.endswith("in_context"):
-            path = Path(prompt_file) if prompt_file else resolve_data_dir(data_dir) / DEFAULT_MATH_PROMPT
-            if not path.is_file():
-                raise DataError(f"missing prompt file: {path}")
-            prefix = path.read_text(encoding="utf-8").strip() + "\n\n"
-        return [
-            ReferenceText(
-                suite,
-                e.id,
-                render(prefix + question_prompt(e.question, cot=True), newline),
-                render(answer_target(e.answer, e.rationale), newline),
-            )
-            for e in load_examples("gsm8k", "dev", data_dir)[:limit]
-        ]
-    tasks = list(bbh_tasks or BBH_TASKS)
-    references = _reference_cot(data_dir, tasks) if suite == "nll_bbh_cot" else {}
+        return _gsm8k_texts(suite, data_dir, newline, limit, prompt_file)
+    return _bbh_texts(suite, data_dir, newline, limit, list(bbh_tasks or BBH_TASKS))
+
+
+def _gsm8k_texts(suite: str, data_dir, newline: str | None, limit: int | None, prompt_file: str | None):
+    """GSM8K dev rationales after the zero-shot CoT prompt, or after the 4-shot prompt file (in_context)."""
+    prefix = ""
+    if suite.endswith("in_context"):
+        path = Path(prompt_file) if prompt_file else resolve_data_dir(data_dir) / DEFAULT_MATH_PROMPT
+        if not path.is_file():
+            raise DataError(f"missing prompt file: {path}")
+        prefix = path.read_text(encoding="utf-8").strip() + "\n\n"
+    return [
+        ReferenceText(
+            suite,
+            e.id,
+            render(prefix + question_prompt(e.question, cot=True), newline),
+            render(answer_target(e.answer, e.rationale), newline),
+        )
+        for e in load_examples("gsm8k", "dev", data_dir)[:limit]
+    ]
+
+
+def _bbh_texts(suite: str, data_dir, newline: str | None, limit: int | None, tasks: list[str]):
+    """Per BBH task: the graded-correct reference CoT (nll_bbh_cot) or the gold answer (nll_bbh_ao)."""
+    style = "cot" if suite == "nll_bbh_cot" else "ao"
+    references = _reference_cot(data_dir, tasks) if style == "cot" else {}
     texts = []
     for task in tasks:
-        style = "cot" if suite == "nll_bbh_cot" else "ao"
         prompt = load_bbh_prompt(task, style, data_dir)
         chosen = []
         for example in load_examples(f"bbh/{task}", "test", data_dir):
@@ -131,17 +142,8 @@ def token_nlls(
 ) -> list[float]:
     """Each text's mean per-token NLL of its target given its prompt (nats), in the texts' order."""
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    limit = context_length(model.config)
+    pairs = encode_pairs(tokenizer, texts, None if encoder_decoder else context_length(model.config))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pairs = []
-    for text in texts:
-        prompt = tokenizer.encode(text.prompt, add_special_tokens=True)
-        target = tokenizer.encode(text.target, add_special_tokens=False)
-        if not target:
-            raise DataError(f"{text.suite} {text.id}: the reference text has no tokens")
-        if limit is not None and not encoder_decoder:
-            prompt = prompt[-max(limit - len(target), 1) :]  # the prompt's left edge goes first
-        pairs.append((prompt, target))
     results = [0.0] * len(pairs)
     was_training = model.training
     model.eval()
@@ -165,58 +167,83 @@ def token_nlls(
     return results
 
 
+def encode_pairs(tokenizer, texts: list[ReferenceText], limit: int | None) -> list[tuple[list[int], list[int]]]:
+    """``(prompt ids, target ids)`` of each text; with a position ``limit`` (decoder-only) the prompt loses
+    tokens at its left edge, keeping a leading BOS as generation does (`generation.cut_left`)."""
+    pairs = []
+    for text in texts:
+        prompt = tokenizer.encode(text.prompt, add_special_tokens=True)
+        target = tokenizer.encode(text.target, add_special_tokens=False)
+        if not target:
+            raise DataError(f"{text.suite} {text.id}: the reference text has no tokens")
+        if limit is not None:
+            prompt = cut_left(prompt, max(limit - len(target), 1), tokenizer.bos_token_id)
+        pairs.append((prompt, target))
+    return pairs
+
+
 def _batch_nll(model, pairs, pad: int, encoder_decoder: bool, device, context, shared=None) -> list[float]:
     """Mean per-token NLL of each ``(prompt ids, target ids)`` pair of one batch. ``shared`` is ``(prefix
     length, its KV cache, the Decoder)`` where the batch's prompts continue a shared prefix (decoder-only:
     ``pairs`` then hold the tokens after it), or None."""
-    size = len(pairs)
     if encoder_decoder:
-        source, target = max(len(p) for p, _ in pairs), max(len(t) for _, t in pairs)
-        input_ids = torch.full((size, source), pad, dtype=torch.long)
-        attention = torch.zeros((size, source), dtype=torch.long)
-        labels = torch.full((size, target), -100, dtype=torch.long)
-        for row, (prompt, tokens) in enumerate(pairs):
-            input_ids[row, : len(prompt)], attention[row, : len(prompt)] = torch.tensor(prompt), 1
-            labels[row, : len(tokens)] = torch.tensor(tokens)
-        with context():
-            logits = model(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels.to(device)
-            ).logits
+        logits, labels = _seq2seq_logits(model, pairs, pad, device, context)
     else:
-        prefix, prefix_cache, decoder = shared if shared is not None and shared[0] else (0, None, None)
-        width = max(len(p) + len(t) for p, t in pairs)
-        input_ids = torch.full((size, width), pad, dtype=torch.long)
-        attention = torch.zeros((size, prefix + width), dtype=torch.long)
-        attention[:, :prefix] = 1
-        labels = torch.full((size, width), -100, dtype=torch.long)
-        for row, (prompt, tokens) in enumerate(pairs):
-            ids = prompt + tokens
-            input_ids[row, width - len(ids) :], attention[row, prefix + width - len(ids) :] = torch.tensor(ids), 1
-            labels[row, width - len(tokens) :] = torch.tensor(tokens)
-        keep = max(len(t) for _, t in pairs) + 1
-        # only the target's positions need the vocabulary projection
-        only = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-        if prefix_cache is not None:  # each row continues the shared prefix's cache
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(size)
-            only |= {decoder.cache_name: cache, "use_cache": True}
-        # left padding: positions count from each row's first real token, as generation does
-        positions = (attention.cumsum(1) - 1).clamp_min(0)[:, prefix:]
-        with context():
-            logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                position_ids=positions.to(device),
-                **only,
-            ).logits
-        logits = logits[:, -keep:-1]
-        labels = labels[:, -keep + 1 :]
+        logits, labels = _decoder_logits(model, pairs, pad, device, context, shared)
     labels = labels.to(logits.device)
     # row by row: a float copy of one row's logits at a time, not of the batch's [B, T, V]
     return [
         torch.nn.functional.cross_entropy(logits[row][labels[row] >= 0].float(), labels[row][labels[row] >= 0]).item()
-        for row in range(size)
+        for row in range(len(pairs))
     ]
+
+
+def _seq2seq_logits(model, pairs, pad: int, device, context) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder-decoder: the decoder's logits ``[B, T, V]`` and labels ``[B, T]`` (-100 past a target)."""
+    size = len(pairs)
+    source, target = max(len(p) for p, _ in pairs), max(len(t) for _, t in pairs)
+    input_ids = torch.full((size, source), pad, dtype=torch.long)
+    attention = torch.zeros((size, source), dtype=torch.long)
+    labels = torch.full((size, target), -100, dtype=torch.long)
+    for row, (prompt, tokens) in enumerate(pairs):
+        input_ids[row, : len(prompt)], attention[row, : len(prompt)] = torch.tensor(prompt), 1
+        labels[row, : len(tokens)] = torch.tensor(tokens)
+    with context():
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels.to(device))
+    return logits.logits, labels
+
+
+def _decoder_logits(model, pairs, pad: int, device, context, shared) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder-only, left-padded ``[prefix][padding][prompt][target]``: the logits that predict the target
+    positions ``[B, T, V]`` and their labels ``[B, T]`` (-100 on padding)."""
+    size = len(pairs)
+    prefix, prefix_cache, decoder = shared if shared is not None and shared[0] else (0, None, None)
+    width = max(len(p) + len(t) for p, t in pairs)
+    input_ids = torch.full((size, width), pad, dtype=torch.long)
+    attention = torch.zeros((size, prefix + width), dtype=torch.long)
+    attention[:, :prefix] = 1
+    labels = torch.full((size, width), -100, dtype=torch.long)
+    for row, (prompt, tokens) in enumerate(pairs):
+        ids = prompt + tokens
+        input_ids[row, width - len(ids) :], attention[row, prefix + width - len(ids) :] = torch.tensor(ids), 1
+        labels[row, width - len(tokens) :] = torch.tensor(tokens)
+    keep = max(len(t) for _, t in pairs) + 1
+    # only the target's positions need the vocabulary projection
+    only = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    if prefix_cache is not None:  # each row continues the shared prefix's cache
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(size)
+        only |= {decoder.cache_name: cache, "use_cache": True}
+    # left padding: positions count from each row's first real token, as generation does
+    positions = (attention.cumsum(1) - 1).clamp_min(0)[:, prefix:]
+    with context():
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=positions.to(device),
+            **only,
+        ).logits
+    return logits[:, -keep:-1], labels[:, -keep + 1 :]
 
 
 def _batches(order: list[int], target_lengths: list[int], batch_size: int, config) -> list[list[int]]:
