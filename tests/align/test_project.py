@@ -97,6 +97,7 @@ def test_same_token_and_layout_spaces():
     assert layout_spaces(["a", ".", "\n", "She"], None).tolist() == [True, False, False, False]
 
 
+@pytest.mark.slow
 def test_align_command_writes_arrow_targets(teacher_samples, tmp_path, capsys):
     from tests.conftest import TOKENIZERS
 

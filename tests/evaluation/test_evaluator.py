@@ -131,6 +131,7 @@ def test_evaluator_writes_traceable_results(tiny_gpt2_dir, data_dir, tmp_path):
     assert all(low <= scores[k] <= high for k, (low, high) in summary["ci95"].items())
 
 
+@pytest.mark.slow
 def test_evaluate_command(tiny_t5_dir, data_dir, tmp_path, capsys):
     status = cli_main(
         [
@@ -205,6 +206,7 @@ def test_prompts_cluster_by_their_shared_few_shot_prefix(data_dir, gpt2_tokenize
     assert prefix_clusters(encoded, None) == [(0, list(range(7)))]
 
 
+@pytest.mark.slow
 def test_shared_prefix_generation_equals_one_prompt_at_a_time(tiny_gpt2_dir, data_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)

@@ -103,6 +103,7 @@ def _equal_completions(model, tokenizer, prompts: list[str], budgets: list[int],
     assert shrinks and len({len(text) for text in own}) > 2  # rows did finish at different steps
 
 
+@pytest.mark.slow
 def test_static_decoding_gives_the_own_loops_completions(gpt2_tokenizer, monkeypatch):
     model = _tiny_llama(len(gpt2_tokenizer))
     _equal_completions(model, gpt2_tokenizer, SHORT, [20] * 4, False, monkeypatch)
@@ -133,6 +134,7 @@ def test_a_model_the_static_step_cannot_run_falls_back_to_the_own_loop(gpt2_toke
     assert generate(model, gpt2_tokenizer, prompts, 6, progress=False, static=True) == own
 
 
+@pytest.mark.slow
 def test_t5_generates_with_a_static_cache_as_with_the_dynamic_one(tiny_t5_dir, data_dir):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

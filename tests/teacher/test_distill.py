@@ -103,6 +103,7 @@ def test_repair_cuts_a_torn_line_and_refuses_duplicates(tmp_path, teacher_sample
         repair(path)
 
 
+@pytest.mark.slow
 def test_local_teacher_samples_are_seeded_and_valid(tiny_gpt2_dir, data_dir, tmp_path):
     teacher = LocalTeacher.from_pretrained(str(tiny_gpt2_dir))
     questions = load_examples("gsm8k", "tune", data_dir)[:2]
@@ -199,6 +200,7 @@ def test_local_teacher_samples_feed_align_and_distribution_matching(tiny_gpt2_di
     assert trainer.global_step == 3
 
 
+@pytest.mark.slow
 def test_score_mode_records_gold_rationales_once(tiny_gpt2_dir, data_dir, tmp_path):
     from specialight.cli import cli_main
     from specialight.data.records import prompt_hash
