@@ -1,14 +1,19 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+from gguf import GGUFReader
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from specialight.cli import cli_main
 from specialight.training.cli import run_lightning_cli
 from specialight.training.export import data_sha256, export_checkpoint
+from specialight.training.gguf import converter_path
 from specialight.training.module import SpecializationModule
+from tests.training.test_gguf import require
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,7 @@ def batch(tokenizer, encoder_decoder: bool) -> dict:
     return dict(inputs)
 
 
+@pytest.mark.slow
 def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_dir, data_dir, tmp_path):
     ckpt = t5_run / "best.ckpt"
     out = export_checkpoint(ckpt, tmp_path / "model")
@@ -64,6 +70,10 @@ def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_d
         assert not torch.allclose(logits, base(**inputs).logits)  # the tuned weights, not the base model's
 
     card = (out / "README.md").read_text()
+    metadata = ModelCard.load(out / "README.md").data
+    assert metadata.base_model is None and metadata.license is None  # a local folder: no hub id, no known license
+    assert (metadata.library_name, metadata.pipeline_tag) == ("transformers", "text2text-generation")
+    assert "specialight" in metadata.tags
     stored = torch.load(ckpt, weights_only=False)
     assert stored["SpecializationDataModule"]["data_sha256"]
     for path, digest in stored["SpecializationDataModule"]["data_sha256"].items():
@@ -97,6 +107,21 @@ def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_d
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())
 
 
+@pytest.mark.slow
+def test_t5_exports_a_gguf_that_llama_server_cannot_serve_and_says_so(t5_run, tmp_path, caplog):
+    require(converter_path().is_file(), "llama.cpp's converter not fetched (scripts/fetch_llama_converter.sh)")
+    out = tmp_path / "t5"
+    command = ["export", "--ckpt", str(t5_run / "best.ckpt"), "--out", str(out), "--gguf", "--outtype", "q8_0"]
+    with caplog.at_level(logging.WARNING, logger="specialight.training.gguf"):
+        assert cli_main(command) == 0
+    assert "llama-server cannot serve an encoder-decoder (T5) GGUF" in caplog.text
+    assert (out / "spiece.model").is_file()  # the SentencePiece model llama.cpp's T5 vocabulary is read from
+    reader = GGUFReader(out / "t5-q8_0.gguf")
+    assert reader.fields["general.architecture"].contents() == "t5"
+    assert reader.fields["tokenizer.ggml.model"].contents() == "t5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t5"]  # nothing .partial left beside it
+
+
 def test_data_hashes_come_from_the_data_module_state_or_an_older_checkpoint_record():
     hashes = {"data/gsm8k/train.jsonl": "a" * 64}
     assert data_sha256({"SpecializationDataModule": {"data_sha256": hashes}, "specialight": {}}) == hashes
@@ -104,6 +129,7 @@ def test_data_hashes_come_from_the_data_module_state_or_an_older_checkpoint_reco
     assert data_sha256({"specialight": {"config": None}}) == {}
 
 
+@pytest.mark.slow
 def test_causal_round_trip_and_dtype(logged_run, tmp_path):
     trainer, _, selection = logged_run
     ckpt = Path(selection.best["path"])
@@ -120,6 +146,7 @@ def test_causal_round_trip_and_dtype(logged_run, tmp_path):
     assert next(loaded.parameters()).dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_export_refuses_to_overwrite_unless_asked(logged_run, tmp_path, capsys):
     _, _, selection = logged_run
     (tmp_path / "model").mkdir()
@@ -132,6 +159,7 @@ def test_export_refuses_to_overwrite_unless_asked(logged_run, tmp_path, capsys):
     assert cli_main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 2
 
 
+@pytest.mark.slow
 def test_checkpoints_rebuild_a_loss_plugin_with_all_its_init_args(tiny_gpt2_dir, data_dir, tmp_path):
     from specialight.data.datamodule import SpecializationDataModule
     from tests.helpers import ScaledSampleMatching, quiet_trainer
