@@ -1,5 +1,6 @@
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -108,8 +109,10 @@ def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_d
 
 
 @pytest.mark.slow
-def test_t5_exports_a_gguf_that_llama_server_cannot_serve_and_says_so(t5_run, tmp_path, caplog):
+def test_t5_exports_a_gguf_llama_server_cannot_serve_and_says_so(t5_run, tiny_t5_dir, t5_tokenizer, tmp_path, caplog):
     require(converter_path().is_file(), "llama.cpp's converter not fetched (scripts/fetch_llama_converter.sh)")
+    # hub T5 folders carry their SentencePiece model; transformers 5 saved the tiny one's tokenizer.json only
+    shutil.copy(t5_tokenizer.vocab_file, tiny_t5_dir / "spiece.model")
     out = tmp_path / "t5"
     command = ["export", "--ckpt", str(t5_run / "best.ckpt"), "--out", str(out), "--gguf", "--outtype", "q8_0"]
     with caplog.at_level(logging.WARNING, logger="specialight.training.gguf"):
