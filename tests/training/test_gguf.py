@@ -17,8 +17,8 @@ from tests.conftest import ROOT
 from tests.teacher.test_llama_server import Server, free_port, server_binary
 
 # greedy completions of the 16 GSM8K dev prompts that must agree, llama-server (f16 GGUF) against the checkpoint
-# in process (fp32): 14, 13 and 12 in three runs (test_llama_server_serves_the_export_as_the_checkpoint_generates)
-MIN_AGREEING = 12
+# in process (fp32): 14 measured, one request at a time; 13 leaves room for one near-tie flip on another CPU
+MIN_AGREEING = 13
 
 
 def require(condition: bool, message: str) -> None:
@@ -100,7 +100,8 @@ def test_llama_server_serves_the_export_as_the_checkpoint_generates(untrained_sm
     process (fp32 weights, batched generation). Measured in three runs with 4 requests in flight: 14, 13, 12 of
     16 agree character for character. The in-process completions were the same each time; llama-server's
     differed on up to 2 prompts between runs (requests batched across its two slots change ggml's accumulation
-    order), so the test sends one request at a time. Where they differ,
+    order), so the test sends one request at a time: then 14 of 16 in two runs, the served completions identical.
+    Where they differ,
     the completions share a prefix (111 and 115 characters in the first run), then one near-tied next token
     flips (f16 weights and ggml's f16 kernels against fp32): "36 - 12 = 12." against "= 16 oranges.", and after
     "The answer is 7" the checkpoint runs on to a new question where the server writes "A: The answer is 10."."""
