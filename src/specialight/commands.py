@@ -236,19 +236,29 @@ def plan(configs: list[str] | str, device_memory: float = 80.0) -> int:
 
 
 def export(
-    ckpt: str, out: str, dtype: Literal["float32", "bfloat16", "float16"] | None = None, overwrite: bool = False
+    ckpt: str,
+    out: str,
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+    overwrite: bool = False,
+    gguf: bool = False,
+    outtype: Literal["f16", "q8_0"] = "f16",
 ) -> int:
-    """Write a checkpoint's student as a transformers folder with a model card.
+    """Write a checkpoint's student as a transformers folder with a model card (and a GGUF for llama.cpp).
 
     Args:
         ckpt: a checkpoint of `specialight fit` (e.g. RUN/best.ckpt).
         out: the transformers model folder to write.
         dtype: weights' dtype in the folder (default: as trained).
         overwrite: replace an existing out folder.
+        gguf: also write OUT/<name>-<outtype>.gguf with llama.cpp's own converter (scripts/fetch_llama_converter.sh
+            fetches it once), for llama-server, Ollama, LM Studio.
+        outtype: the GGUF's weights: f16, or q8_0 (8-bit, half the size).
     """
     from specialight.training.export import export_checkpoint
 
-    sys.stdout.write(f"wrote {export_checkpoint(ckpt, out, dtype=dtype, overwrite=overwrite)}\n")
+    written = export_checkpoint(ckpt, out, dtype=dtype, overwrite=overwrite, gguf=outtype if gguf else None)
+    sys.stdout.write(f"wrote {written}\n")
+    sys.stdout.writelines(f"wrote {path}\n" for path in sorted(written.glob("*.gguf")))
     return 0
 
 

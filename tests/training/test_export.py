@@ -1,14 +1,20 @@
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from gguf import GGUFReader
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from specialight.cli import cli_main
 from specialight.training.cli import run_lightning_cli
 from specialight.training.export import data_sha256, export_checkpoint
+from specialight.training.gguf import converter_path
 from specialight.training.module import SpecializationModule
+from tests.training.test_gguf import require
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +71,10 @@ def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_d
         assert not torch.allclose(logits, base(**inputs).logits)  # the tuned weights, not the base model's
 
     card = (out / "README.md").read_text()
+    metadata = ModelCard.load(out / "README.md").data
+    assert metadata.base_model is None and metadata.license is None  # a local folder: no hub id, no known license
+    assert (metadata.library_name, metadata.pipeline_tag) == ("transformers", "text2text-generation")
+    assert "specialight" in metadata.tags
     stored = torch.load(ckpt, weights_only=False)
     assert stored["SpecializationDataModule"]["data_sha256"]
     for path, digest in stored["SpecializationDataModule"]["data_sha256"].items():
@@ -96,6 +106,23 @@ def test_t5_round_trip_gives_identical_logits_and_a_model_card(t5_run, tiny_t5_d
         == 0
     )
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_t5_exports_a_gguf_llama_server_cannot_serve_and_says_so(t5_run, tiny_t5_dir, t5_tokenizer, tmp_path, caplog):
+    require(converter_path().is_file(), "llama.cpp's converter not fetched (scripts/fetch_llama_converter.sh)")
+    # hub T5 folders carry their SentencePiece model; transformers 5 saved the tiny one's tokenizer.json only
+    shutil.copy(t5_tokenizer.vocab_file, tiny_t5_dir / "spiece.model")
+    out = tmp_path / "t5"
+    command = ["export", "--ckpt", str(t5_run / "best.ckpt"), "--out", str(out), "--gguf", "--outtype", "q8_0"]
+    with caplog.at_level(logging.WARNING, logger="specialight.training.gguf"):
+        assert cli_main(command) == 0
+    assert "llama-server cannot serve an encoder-decoder (T5) GGUF" in caplog.text
+    assert (out / "spiece.model").is_file()  # the SentencePiece model llama.cpp's T5 vocabulary is read from
+    reader = GGUFReader(out / "t5-q8_0.gguf")
+    assert reader.fields["general.architecture"].contents() == "t5"
+    assert reader.fields["tokenizer.ggml.model"].contents() == "t5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t5"]  # nothing .partial left beside it
 
 
 def test_data_hashes_come_from_the_data_module_state_or_an_older_checkpoint_record():

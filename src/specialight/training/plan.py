@@ -168,11 +168,34 @@ def _width(config) -> int:
 def plan(config: dict, device_memory_gib: float) -> tuple[int, list[tuple[str, float]]]:
     """The parameter count and the per-rank memory ``[(what, GiB)]``, ending with the total, of a merged
     training config."""
+    model_args, data, trainer = config.get("model", {}), config.get("data", {}), config.get("trainer", {})
+    hf_config = model_config(model_args["model_name_or_path"])
+    model, parameters = _meta_model(hf_config)
+    ranks, compute_bytes = _ranks_and_compute_bytes(model_args, trainer)
+    shapes = format_shapes(data, _tokenizer(model_args["model_name_or_path"]))
+    fmt, shape, activations, logits = _heaviest_step(
+        hf_config, shapes, compute_bytes, bool(model_args.get("gradient_checkpointing", False))
+    )
+    from specialight.training.sharding import block_classes
+
+    classes = block_classes(model)
+    block_params = max(sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, classes))
+    rows = [
+        ("parameters (fp32)", 4 * parameters / ranks),
+        ("gradients (fp32)", 4 * parameters / ranks),
+        ("AdamW state (2 x fp32)", 8 * parameters / ranks),
+        ("gathered blocks (compute + prefetch)", 2 * block_params * compute_bytes if ranks > 1 else 0.0),
+        (f"activations ({fmt}: B={shape.batch}, S={shape.source}, T={shape.target})", activations),
+        ("logits + their gradient (fp32)", logits),
+    ]
+    return parameters, _with_totals(rows, parameters * compute_bytes if ranks > 1 else 0.0, ranks)
+
+
+def _meta_model(hf_config):
+    """The student built on the meta device from ``hf_config`` (no memory), and its exact parameter count."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    model_args, data, trainer = config.get("model", {}), config.get("data", {}), config.get("trainer", {})
-    hf_config = model_config(model_args["model_name_or_path"])
     encoder_decoder = bool(getattr(hf_config, "is_encoder_decoder", False))
     with torch.device("meta"):
         model = (AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM).from_config(hf_config)
@@ -182,50 +205,52 @@ def plan(config: dict, device_memory_gib: float) -> tuple[int, list[tuple[str, f
     if getattr(hf_config, "scale_decoder_outputs", True) is False and tied:
         # transformers 5 builds every T5 with a tied head; v1.1 / FlanT5 checkpoints carry a separate one
         parameters += head.weight.numel()
+    return model, parameters
+
+
+def _ranks_and_compute_bytes(model_args: dict, trainer: dict) -> tuple[int, int]:
+    """The ranks the states are sharded over (1 unless `ModelParallelStrategy`), and the bytes of one value in
+    the compute dtype (2 for bf16/fp16 shards or mixed precision, else 4)."""
     strategy = trainer.get("strategy")
     sharded = isinstance(strategy, dict) and "ModelParallel" in strategy.get("class_path", "")
     devices = trainer.get("devices", 1)
     ranks = (devices if isinstance(devices, int) else 1) * int(trainer.get("num_nodes", 1)) if sharded else 1
     param_dtype = model_args.get("shard_param_dtype", "bfloat16") if sharded else None
     mixed = "16" in str(trainer.get("precision", "32"))
-    compute_bytes = 2 if (param_dtype in ("bfloat16", "float16") or mixed) else 4
-    shapes = format_shapes(data, _tokenizer(model_args["model_name_or_path"]))
+    return ranks, 2 if (param_dtype in ("bfloat16", "float16") or mixed) else 4
+
+
+def _heaviest_step(
+    hf_config, shapes: dict[str, Shape], compute_bytes: int, checkpointing: bool
+) -> tuple[str, Shape, float, float]:
+    """The format whose step holds the most: ``(format, shape, activation bytes, logits bytes)``."""
+    encoder_decoder = bool(getattr(hf_config, "is_encoder_decoder", False))
     if encoder_decoder:
         layers, decoder_layers = hf_config.num_layers, getattr(hf_config, "num_decoder_layers", None) or 0
     else:  # a decoder-only block counts as an "encoder" block over prompt + target
         layers, decoder_layers = hf_config.num_hidden_layers, 0
 
-    def _decoder_only(shape: Shape) -> Shape:
-        return shape if encoder_decoder else Shape(shape.batch, shape.source + shape.target, shape.target)
-
-    from specialight.training.sharding import block_classes
-
-    classes = block_classes(model)
-    block_params = max(sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, classes))
-
     def step_bytes(shape: Shape) -> tuple[float, float]:
+        if not encoder_decoder:
+            shape = Shape(shape.batch, shape.source + shape.target, shape.target)
         encoder, decoder, boundary = _block_activation_bytes(hf_config, shape, compute_bytes)
-        if model_args.get("gradient_checkpointing", False):
+        if checkpointing:
             activations = (layers + decoder_layers) * boundary + max(encoder, decoder)
         else:
             activations = layers * encoder + decoder_layers * decoder
         return activations, 2 * shape.batch * shape.target * hf_config.vocab_size * 4
 
-    fmt = max(shapes, key=lambda f: sum(step_bytes(_decoder_only(shapes[f]))))
-    shape = shapes[fmt]
-    activations, logits = step_bytes(_decoder_only(shape))
-    rows = [
-        ("parameters (fp32)", 4 * parameters / ranks),
-        ("gradients (fp32)", 4 * parameters / ranks),
-        ("AdamW state (2 x fp32)", 8 * parameters / ranks),
-        ("gathered blocks (compute + prefetch)", 2 * block_params * compute_bytes if ranks > 1 else 0.0),
-        (f"activations ({fmt}: B={shape.batch}, S={shape.source}, T={shape.target})", activations),
-        ("logits + their gradient (fp32)", logits),
-    ]
-    # evaluation between steps: activations are freed, gradients not yet (Lightning zeroes them in the next
-    # step), and a sharded model is gathered whole on every rank in its compute dtype while it generates
-    # (`specialight.training.sharding.full_parameters`)
-    whole = parameters * compute_bytes if ranks > 1 else 0.0
+    fmt = max(shapes, key=lambda f: sum(step_bytes(shapes[f])))
+    return (fmt, shapes[fmt], *step_bytes(shapes[fmt]))
+
+
+def _with_totals(rows: list[tuple[str, float]], whole: float, ranks: int) -> list[tuple[str, float]]:
+    """``rows`` (bytes) in GiB, followed by the training step, the evaluation and the larger of the two.
+
+    Evaluation between steps: activations are freed, gradients not yet (Lightning zeroes them in the next
+    step), and a sharded model is gathered whole (``whole`` bytes) on every rank in its compute dtype while it
+    generates (`specialight.training.sharding.full_parameters`).
+    """
     evaluation = rows[0][1] + rows[1][1] + rows[2][1] + whole
     rows = [(name, value / GIB) for name, value in rows]
     training = sum(value for _, value in rows)
@@ -233,7 +258,7 @@ def plan(config: dict, device_memory_gib: float) -> tuple[int, list[tuple[str, f
     rows.append((f"training step per rank ({ranks} rank{plural})", training))
     rows.append(("evaluation per rank (states + whole model gathered)", evaluation / GIB))
     rows.append((f"total per rank ({ranks} rank{plural}): the larger", max(training, evaluation / GIB)))
-    return parameters, rows
+    return rows
 
 
 def format_plan(name: str, parameters: int, rows: list[tuple[str, float]], device_memory_gib: float) -> str:

@@ -66,10 +66,9 @@ def load_sharded_student(
 ) -> nn.Module:
     """The student of `specialight.core.models.load_student`, sharded over ``mesh`` (see the module docstring)."""
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoConfig
 
-    from specialight.core.models import load_student, resolve_model, student_class
+    from specialight.core.models import load_student, resolve_model
 
     path = resolve_model(name_or_path)
     config = AutoConfig.from_pretrained(path)
@@ -80,7 +79,21 @@ def load_sharded_student(
     known = [_layout(whole) if whole is not None else None]
     dist.broadcast_object_list(known, src=0)
     separate_head, buffers = known[0]
-    with torch.device("meta"):  # parameters and buffers take no memory; tied weights stay one object
+    model = _meta_student(config, separate_head, gradient_checkpointing)
+    shard(model, mesh, param_dtype)
+    model.to_empty(device=device)  # this rank's shards, allocated in place (ties kept), values still unset
+    _fill(model, buffers, whole)
+    del whole
+    logger.info("%s sharded over %d ranks (param dtype %s)", name_or_path, mesh.size(), param_dtype or "float32")
+    return model
+
+
+def _meta_student(config, separate_head: bool, gradient_checkpointing: bool) -> nn.Module:
+    """The student built from ``config`` on the meta device (parameters and buffers take no memory; tied
+    weights stay one object), with an output head of its own where the pretrained model has one."""
+    from specialight.core.models import student_class
+
+    with torch.device("meta"):
         model = student_class(config).from_config(config, dtype=torch.float32)
         head = model.get_output_embeddings()
         if separate_head and head.weight is model.get_input_embeddings().weight:
@@ -88,16 +101,19 @@ def load_sharded_student(
     if gradient_checkpointing:
         # per block, before sharding: each block's activations are recomputed inside its own all-gather
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    shard(model, mesh, param_dtype)
-    model.to_empty(device=device)  # this rank's shards, allocated in place (ties kept), values still unset
+    return model
+
+
+def _fill(model: nn.Module, buffers: dict[str, torch.Tensor], whole: nn.Module | None) -> None:
+    """Set the values of a sharded, allocated ``model``: ``buffers`` on every rank, and each rank's parameter
+    shards broadcast from rank zero's ``whole`` model (``None`` on the other ranks)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     for name, buffer in buffers.items():
         owner, _, leaf = name.rpartition(".")
         model.get_submodule(owner).get_buffer(leaf).copy_(buffer)
     full = whole.state_dict() if whole is not None else {}
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    del whole, full
-    logger.info("%s sharded over %d ranks (param dtype %s)", name_or_path, mesh.size(), param_dtype or "float32")
-    return model
 
 
 def _layout(model: nn.Module) -> tuple[bool, dict[str, torch.Tensor]]:
