@@ -109,3 +109,28 @@ def test_help_loads_no_torch_numba_or_pyarrow():
 @pytest.mark.slow
 def test_reporting_loads_no_lightning():
     assert "lightning" not in loaded_after("import specialight.reporting.plots, specialight.reporting.claims")
+
+
+def long_parts(source: str, max_module: int = 300, max_function: int = 40) -> list[str]:
+    """The module itself if over ``max_module`` lines, and each function over ``max_function`` lines not
+    counting its docstring (a CLI stage's docstring is its help text)."""
+    found = [f"module: {len(source.splitlines())} lines"] if len(source.splitlines()) > max_module else []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0]
+            docstring = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant)
+            lines = node.end_lineno - node.lineno + 1 - ((first.end_lineno - first.lineno + 1) if docstring else 0)
+            if lines > max_function:
+                found.append(f"{node.name}: {lines} lines")
+    return found
+
+
+def test_modules_and_functions_stay_short():
+    found = {module: parts for module, source in modules().items() if (parts := long_parts(source))}
+    assert found == {}
+
+
+def test_a_long_function_is_caught():
+    body = "\n".join(f"    x{i} = {i}" for i in range(40))
+    assert long_parts(f'def f():\n    """Doc."""\n{body}\n') == ["f: 41 lines"]
+    assert long_parts(f'def f():\n    """Doc\n\n    more."""\n{body[: body.rindex(chr(10))]}\n') == []

@@ -146,3 +146,18 @@ def test_a_served_teacher_on_another_tokenizer_drives_an_on_policy_fit(tiny_t5_d
     steps = read_steps(tmp_path / "steps")
     assert len(steps) == 7 and any(s["units"][0] == -1 for s in steps)
     assert all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
+
+
+def test_a_divergence_needs_teacher_rows_from_the_data_or_an_on_policy_callback(tiny_gpt2_dir):
+    from types import SimpleNamespace
+
+    from specialight.training.losses import ReverseKL
+    from specialight.training.module import SpecializationModule
+
+    module = SpecializationModule(str(tiny_gpt2_dir), loss=ReverseKL())
+    gold = SimpleNamespace(has_teacher_distributions=False)
+    module._trainer = SimpleNamespace(datamodule=gold, callbacks=[])
+    with pytest.raises(ValueError, match="needs teacher top-k targets"):
+        module.setup("fit")
+    module._trainer = SimpleNamespace(datamodule=gold, callbacks=[OnPolicyDistillation("local:x")])
+    module.setup("fit")

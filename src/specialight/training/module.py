@@ -147,19 +147,15 @@ class SpecializationModule(L.LightningModule):
         self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        # without a data module (plain dataloaders) the loss itself checks each batch
-        supplied = any(getattr(c, "supplies_teacher_distributions", False) for c in self.trainer.callbacks)
-        if (
-            datamodule is not None
-            and self.loss.needs_teacher_distributions
-            and not getattr(datamodule, "has_teacher_distributions", False)
-            and not supplied
-        ):
-            raise ValueError(
-                f"{type(self.loss).__name__} needs teacher top-k targets: set data.teacher_data to a folder "
-                "written by `specialight align`, or use specialight.training.losses.SampleMatching"
-            )
+        # without a data module (plain dataloaders) the loss itself checks each batch; on-policy rows carry their own
+        sources = [getattr(self.trainer, "datamodule", None), *self.trainer.callbacks]
+        if self.loss.needs_teacher_distributions and sources[0] is not None:
+            flags = ("has_teacher_distributions", "supplies_teacher_distributions")
+            if not any(getattr(source, flag, False) for source in sources for flag in flags):
+                raise ValueError(
+                    f"{type(self.loss).__name__} needs teacher top-k targets: set data.teacher_data to a folder "
+                    "written by `specialight align`, add on-policy training, or use SampleMatching"
+                )
 
     def _first_prediction(self, batch: dict[str, Tensor]) -> int:
         """Decoder-only: the first position whose hidden state predicts a label (the shortest prompt's last

@@ -1,0 +1,1 @@
+"""Evaluation: suites, generation, likelihood, scoring and the server client (never imports training)."""
