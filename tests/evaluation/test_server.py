@@ -82,6 +82,7 @@ def test_server_evaluation_equals_in_process_retries_and_resumes(gpt2, data_dir,
         server.close()
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_fails_after_its_retries(gpt2, data_dir):
     model, tokenizer = gpt2
     completer = ServerCompleter("tiny", f"http://127.0.0.1:{free_port()}/v1", max_retries=1)

@@ -107,6 +107,7 @@ def word_echo(body: dict):
     return completions_answer("m", [{"index": 0, "text": body["prompt"], "logprobs": logprobs}])
 
 
+@pytest.mark.slow
 def test_distill_score_through_a_server_writes_samples_that_align(tmp_path, data_dir, t5_tokenizer):
     from specialight.cli import cli_main
     from tests.conftest import TOKENIZERS

@@ -59,6 +59,7 @@ def test_a_missing_package_and_a_bad_outtype_are_one_line(tmp_path, monkeypatch)
         gguf.check_converter("q4_0")
 
 
+@pytest.mark.slow
 def test_a_failed_conversion_leaves_no_file_and_reports_its_last_line(tmp_path, monkeypatch):
     # a converter that writes part of its output, then fails as llama.cpp's does on an unknown architecture
     converter = tmp_path / "convert_hf_to_gguf.py"

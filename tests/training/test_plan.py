@@ -34,6 +34,7 @@ def test_plan_counts_exact_states_and_divides_them_by_the_ranks(tiny_t5_dir, tmp
     assert sharded["gathered blocks (compute + prefetch)"] > 0
 
 
+@pytest.mark.slow
 def test_overlays_merge_and_the_exit_status_says_whether_it_fits(tiny_t5_dir, tmp_path, capsys):
     base = _config(tmp_path, tiny_t5_dir)
     overlay = tmp_path / "overlay.yaml"
