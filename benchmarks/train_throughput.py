@@ -34,17 +34,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_step import rss_mb  # noqa: E402  (the benchmarks share one memory probe)
+
 SHARED = ROOT.parent / "shared"
 FOUR = ["in_context_answer_only", "in_context_cot", "zero_shot_answer_only", "zero_shot_cot"]
-
-
-def rss_mb(field: str = "VmRSS") -> float:
-    """This process's resident memory (VmRSS) or its peak since the last reset (VmHWM), in MB."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
 
 
 def data_module(args: argparse.Namespace, max_tokens: int | None):
