@@ -25,7 +25,6 @@ and ``onpolicy/divergence``: the loss plugin's value on the student's own new sa
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,22 +43,9 @@ from specialight.core.models import resolve_model
 from specialight.data.encoding import Encoder, Item
 from specialight.data.formats import is_cot, render
 from specialight.data.stops import TEACHER_STOPS, cut_at_stop
+from specialight.teacher.build import build_teacher
 
 logger = logging.getLogger(__name__)
-
-
-def build_scorer(teacher: str, base_url: str | None, api_key_env: str):
-    """A teacher that scores given texts: ``local:PATH_OR_ID`` in process, ``openai:MODEL`` at ``base_url``."""
-    kind, _, name = teacher.partition(":")
-    if kind == "local" and name:
-        from specialight.teacher.local import LocalTeacher
-
-        return LocalTeacher.from_pretrained(name)
-    if kind == "openai" and name and base_url:
-        from specialight.teacher.server_scoring import ServerScorer
-
-        return ServerScorer(base_url, name, os.environ.get(api_key_env))
-    raise ValueError(f"on-policy teacher {teacher!r}: expected local:PATH_OR_ID, or openai:MODEL with base_url")
 
 
 def one_hot_targets(batch: dict[str, Tensor], width: int) -> None:
@@ -153,7 +139,8 @@ class OnPolicyDistillation(L.Callback):
             data_dir=datamodule.hparams.data_dir,
         )
         self.aligner = Aligner(settings)
-        self.scorer = build_scorer(self.teacher, self.base_url, self.api_key_env)
+        # the same specs as `distill --score`: local:PATH_OR_ID in process, openai:MODEL through base_url
+        self.scorer = build_teacher(self.teacher, self.base_url, api_key_env=self.api_key_env, score=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="on-policy-teacher")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
