@@ -148,3 +148,25 @@ def test_fit_then_validate_evaluates_the_checkpoint(tiny_gpt2_dir, data_dir, tmp
     metrics = validate.trainer.callback_metrics
     assert {"val/loss", "eval/svamp_dev", "eval/nll_bbh_ao"} <= set(metrics)
     assert float(metrics["eval/svamp_dev"]) == pytest.approx(record["scores"]["svamp_dev"])
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "bf16-mixed"), (False, "32-true")])
+def test_auto_precision_takes_bf16_only_where_the_cpu_multiplies_it(
+    has_bf16, expected, tiny_gpt2_dir, data_dir, tmp_path, monkeypatch
+):
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.training import cli
+    from specialight.training.module import SpecializationModule
+
+    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: has_bf16)
+    args = [
+        f"--model.model_name_or_path={tiny_gpt2_dir}",
+        f"--data.data_dir={data_dir}",
+        "--trainer.accelerator=cpu",
+        "--trainer.precision=32-true",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--auto_precision=true",
+    ]
+    built = cli.SpecializationCLI(SpecializationModule, SpecializationDataModule, args=args, run=False)
+    assert built.trainer.precision == expected
+    assert f"precision: {expected}" in built.model.run_config["yaml"]  # the run's config keeps the choice

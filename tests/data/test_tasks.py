@@ -30,6 +30,15 @@ def test_gsm8k_splits_are_disjoint_and_dev_is_the_paper_index(data_dir):
     assert not tune & {e.id for e in dev}
 
 
+def test_heldout_is_the_end_of_tune_and_a_limited_run_never_sees_it(data_dir):
+    tune = load_examples("gsm8k", "tune", data_dir)
+    heldout = load_examples("gsm8k", "heldout", data_dir)
+    dev = {e.id for e in load_examples("gsm8k", "dev", data_dir)}
+    assert [e.id for e in heldout] == [e.id for e in tune[-200:]]
+    assert not dev & {e.id for e in heldout}
+    assert not {e.id for e in tune[:7073]} & {e.id for e in heldout}  # data.limit: 7073 keeps them unseen
+
+
 def test_ood_dev_splits_are_seeded_disjoint_and_cover_all(data_dir):
     for task in ("asdiv", "svamp"):
         dev = load_examples(task, "dev", data_dir)

@@ -21,6 +21,7 @@ from specialight.data.jsonl import DataError, need
 DATA_DIR_ENV = "SPECIALIGHT_DATA_DIR"
 OOD_DEV_SEED = 20230130
 OOD_DEV_SIZE = 200
+HELDOUT_SIZE = 200  # GSM8K heldout: the last tune rows; a probe with data.limit <= 7,073 never trains on them
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 _OPTION = re.compile(r"^\(([A-R])\)\s*(.+)$", re.MULTILINE)
@@ -153,9 +154,11 @@ def seeded_split(examples: list[Example], split: str, dev_size: int) -> list[Exa
 
 
 def indexed_split(rows: list[Row], split: str, index_file: Path) -> list[Row]:
-    """``dev``: the rows ``index_file`` names (in its order); any other split: the rows it does not name."""
+    """``dev``: the rows ``index_file`` names (in its order); ``heldout``: the last `HELDOUT_SIZE` rows it does
+    not name; any other split: the rows it does not name."""
     dev = [int(i) for i in np.load(need(index_file))]
     if split == "dev":
         return [rows[i] for i in dev]
     excluded = set(dev)
-    return [row for i, row in enumerate(rows) if i not in excluded]
+    rest = [row for i, row in enumerate(rows) if i not in excluded]
+    return rest[-HELDOUT_SIZE:] if split == "heldout" else rest

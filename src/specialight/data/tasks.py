@@ -10,9 +10,10 @@ Local data follows each upstream repository's layout (see ``../shared/data/MANIF
     bbh/bbh/<task>.json, bbh/cot-prompts/<task>.txt, bbh/ao-prompts/<task>.txt
 
 Splits follow the paper's code (FranxYao/FlanT5-CoT-Specialization): GSM8K ``tune`` = train minus the
-200 rows of ``validation_index.npy``, ``dev`` = those rows, ``test`` = test.jsonl; MultiArith ``dev`` = the
-200 indexed rows and ``test`` = the other 400. ASDiv and SVAMP have no dev split upstream: ``dev``/``test``
-here are a seeded permutation (``OOD_DEV_SEED``, ``OOD_DEV_SIZE``), and ``all`` is what the paper reports.
+200 rows of ``validation_index.npy``, ``dev`` = those rows, ``test`` = test.jsonl (ours: ``heldout``, the last
+200 tune rows, to choose a recipe on); MultiArith ``dev`` = 200 indexed rows and ``test`` = the other 400. ASDiv
+and SVAMP have no dev split upstream: ``dev``/``test`` here are a seeded permutation (``OOD_DEV_SEED``,
+``OOD_DEV_SIZE``), and ``all`` is what the paper reports.
 """
 
 from __future__ import annotations
@@ -162,11 +163,11 @@ SEEDED = f"dev: {OOD_DEV_SIZE} rows of a permutation seeded {OOD_DEV_SEED}; test
 GSM8K = register(
     Benchmark(
         "gsm8k",
-        ("tune", "dev", "test", "train"),
+        ("tune", "dev", "test", "train", "heldout"),
         _read_gsm8k,
         files=("gsm8k/train.jsonl", "gsm8k/test.jsonl", "gsm8k/validation_index.npy"),
-        dev_rule="dev: the 200 train rows of validation_index.npy; tune: the other train rows; test: test.jsonl",
-        suites=("dev", "test"),
+        dev_rule="dev: 200 train rows (validation_index.npy); tune: the rest; heldout: its last 200; test: test.jsonl",
+        suites=("dev", "test", "heldout"),
         hub_id="openai/gsm8k",
         read_hub=hub.gsm8k,
     )

@@ -6,6 +6,8 @@ token contributes. Suites (forward passes only, no generation):
 
 - ``nll_gsm8k_dev_zero_shot`` / ``nll_gsm8k_dev_in_context``: the gold GSM8K dev rationales followed by
   ``The answer is X.``, after the zero-shot CoT prompt, or after the paper's 4-shot CoT prompt file;
+  ``nll_gsm8k_heldout_zero_shot`` / ``nll_gsm8k_heldout_in_context``: the same for the held-aside tune rows
+  (GSM8K ``heldout``: choosing a recipe without dev);
 - ``nll_bbh_cot``: the BBH authors' code-davinci-002 CoT completions that their scorer grades correct
   (``bbh-reference-outputs/``), each after its task's 3-shot CoT prompt;
 - ``nll_bbh_ao``: the gold answer after the task's answer-only prompt.
@@ -39,7 +41,10 @@ from specialight.evaluation.batching import MIN_SHARED_PREFIX, prefix_clusters
 from specialight.evaluation.generation import Decoder, context_length, cut_left
 from specialight.evaluation.suites import bbh_query
 
-LIKELIHOOD_SUITES = ("nll_gsm8k_dev_zero_shot", "nll_gsm8k_dev_in_context", "nll_bbh_cot", "nll_bbh_ao")
+LIKELIHOOD_SUITES = tuple(f"nll_gsm8k_{s}_{p}" for s in ("dev", "heldout") for p in ("zero_shot", "in_context")) + (
+    "nll_bbh_cot",
+    "nll_bbh_ao",
+)
 REFERENCE_COT = "bbh-reference-outputs/code-davinci-002-cot.jsonl"
 DEFAULT_MATH_PROMPT = "prompts/flan_t5_cot_specialization/prompt_simple_4_cases.txt"
 BOOTSTRAP_SAMPLES = 2000
@@ -86,13 +91,14 @@ def build_texts(
     """The texts of one likelihood suite; ``limit`` caps the GSM8K suites and each BBH task."""
     if suite not in LIKELIHOOD_SUITES:
         raise DataError(f"unknown likelihood suite {suite!r}; known: {', '.join(LIKELIHOOD_SUITES)}")
-    if suite.startswith("nll_gsm8k_dev"):
+    if suite.startswith("nll_gsm8k_"):
         return _gsm8k_texts(suite, data_dir, newline, limit, prompt_file)
     return _bbh_texts(suite, data_dir, newline, limit, list(bbh_tasks or BBH_TASKS))
 
 
 def _gsm8k_texts(suite: str, data_dir, newline: str | None, limit: int | None, prompt_file: str | None):
-    """GSM8K dev rationales after the zero-shot CoT prompt, or after the 4-shot prompt file (in_context)."""
+    """GSM8K dev (or heldout) rationales after the zero-shot CoT prompt, or after the 4-shot prompt file
+    (in_context)."""
     prefix = ""
     if suite.endswith("in_context"):
         path = Path(prompt_file) if prompt_file else resolve_data_dir(data_dir) / DEFAULT_MATH_PROMPT
@@ -106,7 +112,7 @@ def _gsm8k_texts(suite: str, data_dir, newline: str | None, limit: int | None, p
             render(prefix + question_prompt(e.question, cot=True), newline),
             render(answer_target(e.answer, e.rationale), newline),
         )
-        for e in load_examples("gsm8k", "dev", data_dir)[:limit]
+        for e in load_examples("gsm8k", suite.split("_")[2], data_dir)[:limit]
     ]
 
 
