@@ -86,9 +86,10 @@ def test_mixed_formats_overlay_clears_per_format_batch_sizes(capsys):
 def test_reproduce_cpu_evaluates_the_full_dev_sets_at_start_middle_and_end(capsys):
     config = printed(capsys, ROOT / "configs" / "reproduce_cpu.yaml")
     evaluation = config["trainer"]["callbacks"][0]["init_args"]
-    # batches of <= max_tokens_per_batch hold 8 in-context or ~15 zero-shot examples: the middle comes mid-run
-    assert config["data"]["max_tokens_per_batch"] and config["auto_precision"]
-    assert evaluation["before_training"] and evaluation["every_n_examples"] < config["trainer"]["max_steps"] * 8
+    # batches of <= 3,072 tokens hold 8 in-context or <= 15 zero-shot examples: one evaluation mid-run, no second
+    assert config["data"]["max_tokens_per_batch"] == 3072 and config["auto_precision"]
+    steps, every = config["trainer"]["max_steps"], evaluation["every_n_examples"]
+    assert evaluation["before_training"] and steps * 8 > every and 2 * every > steps * 15
     settings = evaluation["settings"]
     assert settings["limit"] is None and not {"gsm8k_dev", "mas_dev"} & set(settings["limits"])
     assert {"bbh_ao", "bbh_cot", "nll_gsm8k_dev_zero_shot", "nll_bbh_cot"} <= set(settings["suites"])
@@ -101,5 +102,16 @@ def test_reproduce_cpu_format_arms_evaluate_in_context_math_once_at_the_end(arm,
     assert all(name.startswith(arm.replace("_only", "")) for name in config["data"]["formats"])
     (evaluation,) = [c["init_args"] for c in config["trainer"]["callbacks"] if "PeriodicEvaluation" in c["class_path"]]
     assert not evaluation["before_training"] and evaluation["at_end"]
-    assert evaluation["every_n_examples"] >= config["trainer"]["max_steps"] * 64  # more than a run's examples
+    assert evaluation["every_n_examples"] >= config["trainer"]["max_steps"] * config["data"]["batch_size"]
+    assert config["data"]["max_tokens_per_batch"] is None and config["auto_precision"] is False
     assert evaluation["settings"]["suites"] == ["gsm8k_dev", "mas_dev"] and evaluation["settings"]["limit"] is None
+
+
+def test_heldout_probe_trains_without_the_heldout_rows_and_judges_on_them(capsys):
+    config = printed(
+        capsys, ROOT / "configs" / "reproduce_cpu.yaml", ROOT / "configs" / "recipe" / "heldout_probe.yaml"
+    )
+    assert config["data"]["limit"] == 7073  # tune's last 200 rows (GSM8K heldout) stay unseen
+    (evaluation,) = [c["init_args"] for c in config["trainer"]["callbacks"] if "PeriodicEvaluation" in c["class_path"]]
+    suites = evaluation["settings"]["suites"]
+    assert suites and all("heldout" in suite for suite in suites)  # never dev or test

@@ -30,7 +30,7 @@ def test_gsm8k_splits_are_disjoint_and_dev_is_the_paper_index(data_dir):
     assert not tune & {e.id for e in dev}
 
 
-def test_heldout_is_the_end_of_tune_and_a_limited_run_never_sees_it(data_dir):
+def test_heldout_is_the_end_of_tune_and_outside_a_limited_runs_items(data_dir):
     tune = load_examples("gsm8k", "tune", data_dir)
     heldout = load_examples("gsm8k", "heldout", data_dir)
     dev = {e.id for e in load_examples("gsm8k", "dev", data_dir)}

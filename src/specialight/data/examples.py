@@ -21,7 +21,7 @@ from specialight.data.jsonl import DataError, need
 DATA_DIR_ENV = "SPECIALIGHT_DATA_DIR"
 OOD_DEV_SEED = 20230130
 OOD_DEV_SIZE = 200
-HELDOUT_SIZE = 200  # GSM8K heldout: the last tune rows; a probe with data.limit <= 7,073 never trains on them
+HELDOUT_SIZE = 200  # GSM8K heldout: the last tune rows; data.limit <= 7,073 keeps them out of the loss
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 _OPTION = re.compile(r"^\(([A-R])\)\s*(.+)$", re.MULTILINE)

@@ -1,4 +1,4 @@
-"""Batched greedy generation for encoder-decoder and decoder-only students.
+"""Batched greedy generation (or sampling at a temperature) for encoder-decoder and decoder-only students.
 
 Decoder-only models run their own greedy loop over the KV cache, built so that prefill is paid once per
 shared text rather than once per question:
@@ -8,8 +8,9 @@ shared text rather than once per question:
   cluster and copied into each batch of the cluster, so a question pays prefill only for its own tokens;
 * a batch is ``[prefix][left padding][question]``, one generation budget per batch, questions sorted by
   length so padding stays small;
-* each step takes the argmax (as ``generate(do_sample=False)``), a row stops at EOS or when the text of its
-  last few tokens holds the stop string (``Q:``), and finished rows leave the batch and its cache.
+* each step takes the argmax (as ``generate(do_sample=False)``; a draw at ``temperature`` > 0), a row stops
+  at EOS or when the text of its last few tokens holds the stop string (``Q:``), and finished rows leave the
+  batch and its cache.
 
 On CUDA the same loop runs by default over buffers of fixed shape, one step a CUDA graph replay, the batch
 sized from free memory (`specialight.evaluation.static`); on CPU the reserved-cache loop above stays the
@@ -77,8 +78,10 @@ def generate(
     max_prompt_tokens: list[int | None] | None = None,
     share_prefix: bool = True,
     static: bool | None = None,
+    temperature: float = 0.0,
 ) -> list[str]:
-    """Greedy completions of ``prompts`` (a per-prompt ``max_new_tokens`` list is allowed).
+    """Greedy completions of ``prompts`` (a per-prompt ``max_new_tokens`` list is allowed), or sampled ones
+    at ``temperature`` > 0 (from torch's global generator: seed it, or fork it, for repeatable samples).
 
     ``context`` wraps every forward pass (Lightning's precision context, for bf16 autocast).
     ``max_prompt_tokens`` keeps at most that many of a prompt's last tokens (its left edge is cut; a
@@ -87,7 +90,8 @@ def generate(
     fits prompts beforehand). ``share_prefix=False`` gives every prompt its own prefill. ``static``
     decodes with buffers of fixed shape (`specialight.evaluation.static`: CUDA graphs on a GPU, where the
     batch is sized from free device memory and ``batch_size`` is only its floor; ``generate`` with a
-    static cache for encoder-decoders); None: static on CUDA, the reserved-cache loop elsewhere.
+    static cache for encoder-decoders); None: static on CUDA, the reserved-cache loop elsewhere. Sampling
+    (``temperature`` > 0) never decodes static: the static loop is greedy.
     """
     if not prompts:
         return []
@@ -95,8 +99,8 @@ def generate(
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     encoded = _encode(tokenizer, prompts, max_prompt_tokens)
     _check_positions(model.config, encoded, limits, encoder_decoder)
-    own_loop, static, batch_size = _plan(model, encoded, limits, batch_size, static)
-    decoder = Decoder(model, tokenizer, stop, context)
+    own_loop, static, batch_size = _plan(model, encoded, limits, batch_size, False if temperature > 0 else static)
+    decoder = Decoder(model, tokenizer, stop, context, temperature)
     run = _batch_decoder(decoder, own_loop, static, encoder_decoder)
     completions: list[str] = [""] * len(prompts)
     was_training = model.training
@@ -151,10 +155,12 @@ def _batch_decoder(decoder: Decoder, own_loop: bool, static: bool, encoder_decod
 
 
 class Decoder:
-    """Forward passes of one model: prefix prefill, the own greedy loop, and ``transformers.generate``."""
+    """Forward passes of one model: prefix prefill, the own loop (greedy, or sampling at ``temperature`` > 0)
+    and ``transformers.generate``."""
 
-    def __init__(self, model, tokenizer, stop: str, context) -> None:
+    def __init__(self, model, tokenizer, stop: str, context, temperature: float = 0.0) -> None:
         self.model, self.tokenizer, self.stop, self.context = model, tokenizer, stop, context
+        self.temperature = temperature
         self.device = next(model.parameters()).device
         pad = tokenizer.pad_token_id
         self.pad = pad if pad is not None else tokenizer.eos_token_id
@@ -201,6 +207,13 @@ class Decoder:
         logits, cache = self._forward(ids, mask, positions, cache)
         return logits, cache, mask, positions
 
+    def pick(self, logits: torch.Tensor) -> list[int]:
+        """The next token of each row from its logits ``[B, V]``: the argmax, or a draw at the temperature."""
+        if self.temperature <= 0:
+            return logits.argmax(-1).tolist()
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        return torch.multinomial(probs, 1).squeeze(-1).tolist()
+
     def take(self, row: list[int], token: int) -> bool:
         """Add ``token`` to ``row`` unless it is EOS; whether the row goes on (no EOS, no stop string in
         the text of its last tokens)."""
@@ -216,7 +229,7 @@ class Decoder:
         new: list[list[int]] = [[] for _ in prompts]
         alive = list(range(len(prompts)))
         for step in range(budget):
-            keep = [b for b, token in enumerate(logits.argmax(-1).tolist()) if self.take(new[alive[b]], token)]
+            keep = [b for b, token in enumerate(self.pick(logits)) if self.take(new[alive[b]], token)]
             if not keep or step == budget - 1:
                 break
             if len(keep) < len(alive):
@@ -246,7 +259,8 @@ class Decoder:
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
                 max_new_tokens=budget,
-                do_sample=False,
+                do_sample=self.temperature > 0,
+                **({"temperature": self.temperature, "top_k": 0, "top_p": 1.0} if self.temperature > 0 else {}),
                 num_beams=1,
                 pad_token_id=self.pad,
                 eos_token_id=self.eos,

@@ -43,8 +43,10 @@ from specialight.core.models import resolve_model
 from specialight.data.encoding import Encoder, Item
 from specialight.data.formats import is_cot, render
 from specialight.data.stops import TEACHER_STOPS, cut_at_stop
+from specialight.evaluation.generation import generate
 from specialight.teacher.build import build_teacher
 
+SAMPLE_STOP = "\n\nQ"  # where each of TEACHER_STOPS begins: a chain of thought may write "Q:" inside a line
 logger = logging.getLogger(__name__)
 
 
@@ -176,32 +178,25 @@ class OnPolicyDistillation(L.Callback):
 
     @torch.no_grad()
     def _sample(self, pl_module: L.LightningModule, examples: list) -> list[dict[str, str]]:
-        """The student's completions of ``examples``' prompts, seeded by the round (global RNG left as it was)."""
-        model, tokenizer = pl_module.model, self.encoder.tokenizer
+        """The student's completions of ``examples``' prompts, sampled at the temperature by the evaluator's
+        own decoding loop (shared prefix, finished rows leave the batch), seeded by the round (the global RNG
+        left as it was)."""
         prompts = [self.encoder.builder.build(e, self.data_format).prompt for e in examples]
-        training = model.training
-        model.eval()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + self.round)
-            texts = [self._generate(model, tokenizer, prompt) for prompt in prompts]
-        model.train(training)
+            texts = generate(
+                pl_module.model,
+                self.encoder.tokenizer,
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=len(prompts),
+                stop=SAMPLE_STOP,
+                progress=False,
+                temperature=self.temperature,
+            )
+        texts = [cut_at_stop(text, TEACHER_STOPS).rstrip() for text in texts]
         kept = [(e, p, t) for e, p, t in zip(examples, prompts, texts) if t.strip()]
         return [{"question_id": e.id, "prompt": p, "completion": t} for e, p, t in kept]
-
-    def _generate(self, model, tokenizer, prompt: str) -> str:
-        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=True)], device=next(model.parameters()).device)
-        output = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=True,
-            temperature=self.temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=self.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new = output[0] if self.encoder.encoder_decoder else output[0, ids.shape[1] :]
-        return cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), TEACHER_STOPS).rstrip()
 
     def _score(self, pending: list[dict[str, str]]) -> list[tuple[dict, dict] | None]:
         """Each pending sample scored by the teacher and aligned: ``(aligned row, its question)`` or None."""
