@@ -1,7 +1,7 @@
 """Training throughput: batches sized by a token budget against today's fixed count of examples per batch.
 
-The real SmolLM2-135M-Instruct (resolved offline by `specialight.core.models`), trained as
-``configs/reproduce_cpu.yaml`` trains it: fp32 (``precision: 32-true``), gradient checkpointing, AdamW,
+The real SmolLM2-135M-Instruct (resolved offline by `specialight.core.models`), trained as the fixed-batch
+recipe (``configs/reproduce_cpu_formats.yaml``) trains it: fp32, gradient checkpointing, AdamW,
 sample matching, one format per batch, the allocator setting `specialight fit` applies. The examples are
 the same in both arms: the first ``--items`` GSM8K tuning questions (gold rationales) in each format of
 ``--formats`` (default: the paper's four, in-context with one demonstration), one epoch of them. The
