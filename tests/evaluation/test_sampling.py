@@ -1,8 +1,6 @@
 """Sampling at a temperature through the evaluator's own decoding loop (on-policy distillation's students)."""
 
-import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specialight.evaluation.generation import Decoder, generate
 from specialight.evaluation.suites import build_items
@@ -21,16 +19,8 @@ def test_a_draw_follows_the_softmax_at_the_temperature():
     assert decoder.pick(logits[:3]) == [0, 0, 0]  # greedy
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_gpt2_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
-    tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def test_sampling_is_seeded_and_a_cold_temperature_is_greedy(tiny, data_dir):
-    model, tokenizer = tiny
+def test_sampling_is_seeded_and_a_cold_temperature_is_greedy(gpt2, data_dir):
+    model, tokenizer = gpt2
     prompts = [i.prompt for i in build_items("gsm8k_dev_zero_shot", data_dir, limit=4)]
 
     def sample(temperature: float, seed: int) -> list[str]:

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specialight.cli import cli_main
 from specialight.evaluation.evaluator import Evaluator
@@ -42,14 +41,6 @@ class ModelServer(Loopback):
             text = generate(self.model, self.tokenizer, [body["prompt"]], body["max_tokens"], progress=False)[0]
         choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
         return completions_answer(body["model"], [choice])
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_gpt2_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
-    tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 def settings(data_dir) -> EvalSettings:
