@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo reproduce-cpu reproduce-cpu-formats bench lint llama-server gpu-check
+.PHONY: help install test test-fast demo reproduce-cpu reproduce-cpu-formats compare-on-policy bench lint llama-server gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -42,6 +42,11 @@ reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-conte
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/in_context_only.yaml --config configs/reproduce_cpu_formats.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/in_context
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/zero_shot_only.yaml --config configs/reproduce_cpu_formats.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/zero_shot
 	$(BIN)/specialight claims --run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --in_context_run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --zero_shot_run $$(ls -d $(FORMATS_RUNS)/zero_shot/lightning_logs/version_* | tail -1) --out $(FORMATS_RUNS)/claims.md
+
+TEACHER ?= $(lastword $(sort $(wildcard runs/reproduce_cpu/lightning_logs/version_*/best.ckpt)))
+compare-on-policy: $(STAMP) ## on- vs off-policy distillation at equal minutes; TEACHER=best.ckpt of reproduce-cpu (docs/results.md)
+	@test -n "$(TEACHER)" || { echo "make compare-on-policy: no TEACHER; run make reproduce-cpu first or pass TEACHER=RUN/best.ckpt"; exit 2; }
+	$(BIN)/python scripts/compare_on_policy.py --teacher $(TEACHER) $(COMPARE_ARGS)
 
 bench: $(STAMP) ## run every benchmark under benchmarks/ (each prints a JSON line last)
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

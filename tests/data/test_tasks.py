@@ -39,6 +39,16 @@ def test_heldout_is_the_end_of_tune_and_outside_a_limited_runs_items(data_dir):
     assert not {e.id for e in tune[:7073]} & {e.id for e in heldout}  # data.limit: 7073 keeps them unseen
 
 
+@pytest.mark.parametrize(("limit", "drawn"), [(7073, False), (None, True)])
+def test_heldout_rows_left_out_of_the_items_are_never_drawn_as_demonstrations(tiny_gpt2_dir, data_dir, limit, drawn):
+    from specialight.data.datamodule import SpecializationDataModule
+
+    module = SpecializationDataModule(str(tiny_gpt2_dir), data_dir=str(data_dir), limit=limit)
+    module.setup("fit")
+    heldout = {e.id for e in load_examples("gsm8k", "heldout", data_dir)}
+    assert bool(heldout & {e.id for e in module.encoder.builder.pool}) is drawn
+
+
 def test_ood_dev_splits_are_seeded_disjoint_and_cover_all(data_dir):
     for task in ("asdiv", "svamp"):
         dev = load_examples(task, "dev", data_dir)

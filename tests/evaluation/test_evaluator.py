@@ -206,6 +206,15 @@ def test_prompts_cluster_by_their_shared_few_shot_prefix(data_dir, gpt2_tokenize
     assert prefix_clusters(encoded, None) == [(0, list(range(7)))]
 
 
+def test_prompts_that_share_no_prefix_are_batched_together_not_one_by_one():
+    from specialight.evaluation.generation import prefix_clusters
+
+    shared = [7] * 40
+    encoded = [[1, 2, 3], shared + [4], [9, 9], shared + [5], [8]]  # two share 40 tokens; three share none
+    assert prefix_clusters(encoded, 32) == [(40, [1, 3]), (0, [0, 2, 4])]
+    assert prefix_clusters([[1, 2], [3, 4]], 32) == [(0, [0, 1])]
+
+
 @pytest.mark.slow
 def test_shared_prefix_generation_equals_one_prompt_at_a_time(tiny_gpt2_dir, data_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()

@@ -161,3 +161,63 @@ def test_a_divergence_needs_teacher_rows_from_the_data_or_an_on_policy_callback(
         module.setup("fit")
     module._trainer = SimpleNamespace(datamodule=gold, callbacks=[OnPolicyDistillation("local:x")])
     module.setup("fit")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_teacher(t5_tokenizer, tmp_path_factory):
+    """A tiny random Llama on T5's tokenizer: a decoder-only teacher whose tokens differ from GPT-2's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(t5_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama-t5")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    t5_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_decoder_only_student_probe_measures_divergences_on_its_own_held_out_samples(
+    tiny_gpt2_dir, tiny_llama_teacher, data_dir
+):
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.data.tasks import load_examples
+    from specialight.training.losses import DistributionMatching, ReverseKL
+    from specialight.training.module import SpecializationModule
+
+    data = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), limit=12, formats={"zero_shot_cot": 1.0}, max_target_length=48
+    )
+    callback = OnPolicyDistillation(f"local:{tiny_llama_teacher}", max_new_tokens=12, background=False)
+    callback.prepare(data, str(tiny_gpt2_dir))
+    student = SpecializationModule(str(tiny_gpt2_dir))
+    student.configure_model()
+    student.eval()
+    examples = load_examples("gsm8k", "heldout", data_dir)[:3]
+    losses = {"forward": DistributionMatching(), "reverse": ReverseKL()}
+    first = callback.probe(student, examples, losses, seed=5)
+    assert len(first["forward"]) == len(first["reverse"]) >= 1
+    assert all(value >= 0 and value == value for values in first.values() for value in values)
+    assert max(first["reverse"]) > 0  # a random student and a random teacher disagree
+    assert callback.probe(student, examples, losses, seed=5) == first  # seeded: the same samples, the same values
+    assert callback.probe(student, examples, losses, seed=6) != first
+
+
+@pytest.mark.slow
+def test_a_decoder_only_student_samples_through_the_evaluator_loop_in_an_on_policy_fit(
+    tiny_gpt2_dir, tiny_llama_teacher, data_dir, tmp_path
+):
+    args = fit_args(tiny_gpt2_dir, data_dir, tmp_path / "runs", tmp_path / "steps", f"local:{tiny_llama_teacher}")
+    cli = run_lightning_cli([a for a in args if a != "--trainer.max_steps=7"] + ["--trainer.max_steps=5"])
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, OnPolicyDistillation))
+    assert callback.round == 3 and callback.buffer  # rounds at steps 0, 2, 4; rows of the first two
+    steps = read_steps(tmp_path / "steps")
+    assert any(s["units"][0] == -1 for s in steps)  # batches drawn from the student's own samples
+    assert all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)

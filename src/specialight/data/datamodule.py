@@ -68,7 +68,8 @@ class SpecializationDataModule(L.LightningDataModule):
         max_source_length: prompt tokens kept (the start of long in-context prompts is cut).
         max_target_length: target tokens kept, EOS included (longer targets are cut and counted in the
             data table; `specialight align` drops samples longer than this less one).
-        limit: use only the first ``limit`` source items.
+        limit: use only the first ``limit`` source items (GSM8K tune's ``heldout`` rows left out are not
+            drawn as demonstrations either).
         only_correct: with teacher samples, keep those whose answer was correct.
         seed: data order and demonstrations.
         num_workers: DataLoader worker processes.
@@ -173,8 +174,11 @@ class SpecializationDataModule(L.LightningDataModule):
         hp = self.hparams
         tokenizer = load_tokenizer(hp.model_name_or_path)
         pool = load_examples("gsm8k", "tune", hp.data_dir)
-        builder = FormatBuilder(pool, hp.num_demonstrations, hp.seed, newline_separator(tokenizer))
         items = self._items(pool)
+        kept = {item.example.id for item in items}
+        unseen = {e.id for e in load_examples("gsm8k", "heldout", hp.data_dir)} - kept
+        pool = [example for example in pool if example.id not in unseen]  # nor drawn as demonstrations
+        builder = FormatBuilder(pool, hp.num_demonstrations, hp.seed, newline_separator(tokenizer))
         self.encoder = Encoder(
             tokenizer,
             builder,
@@ -186,14 +190,9 @@ class SpecializationDataModule(L.LightningDataModule):
         )
         self.mix = EpochMix([item.example.id for item in items], self.formats, hp.seed)
         self.dataset = FormattedDataset(self.encoder, items, self.mix.units)
-        questions, table = len({item.example.id for item in items}), data_table(self.format_rows(), TABLE_SAMPLE)
-        logger.info(
-            "%d source items (%d questions) -> %d training examples per epoch:\n%s",
-            len(items),
-            questions,
-            self.mix.per_epoch,
-            table,
-        )
+        questions, table = len(kept), data_table(self.format_rows(), TABLE_SAMPLE)
+        line = "%d source items (%d questions) -> %d training examples per epoch:\n%s"
+        logger.info(line, len(items), questions, self.mix.per_epoch, table)
 
     def unit_lengths(self) -> list[int]:
         """Tokens of each unit, as the student reads them (prompt and target; computed once per distinct

@@ -8,8 +8,9 @@ MIN_SHARED_PREFIX = 32  # tokens; a shorter common prefix is not worth its own p
 
 def prefix_clusters(encoded: list[list[int]], minimum: int | None) -> list[tuple[int, list[int]]]:
     """``(prefix tokens, prompt indices)``: prompts sorted by their tokens, cut where neighbours share
-    fewer than ``minimum`` leading tokens (None: one cluster without a prefix). A prefix leaves every
-    prompt at least one token of its own, whose logits give the first new token."""
+    fewer than ``minimum`` leading tokens (None: one cluster without a prefix). Prompts that share a prefix
+    with none of the others form one cluster without a prefix, last (batched together, not one by one). A
+    prefix leaves every prompt at least one token of its own, whose logits give the first new token."""
     if minimum is None:
         return [(0, list(range(len(encoded))))]
     order = sorted(range(len(encoded)), key=lambda i: encoded[i])
@@ -20,10 +21,11 @@ def prefix_clusters(encoded: list[list[int]], minimum: int | None) -> list[tuple
         if shared >= minimum:
             prefix, members = shared, [*members, index]
             continue
-        clusters.append((prefix if len(members) > 1 else 0, members))
+        clusters.append((prefix, members))
         prefix, members = len(encoded[index]) - 1, [index]
-    clusters.append((prefix if len(members) > 1 else 0, members))
-    return clusters
+    clusters.append((prefix, members))
+    alone = sorted(members[0] for _, members in clusters if len(members) == 1)
+    return [cluster for cluster in clusters if len(cluster[1]) > 1] + ([(0, alone)] if alone else [])
 
 
 def _common_length(a: list[int], b: list[int]) -> int:

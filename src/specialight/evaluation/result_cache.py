@@ -25,7 +25,7 @@ from typing import Any
 from specialight.evaluation.results import Results
 from specialight.evaluation.settings import EvalSettings
 
-SCORER_VERSION = 1  # raise when generation, prompting or scoring changes what an evaluation returns
+SCORER_VERSION = 2  # raise when generation, prompting or scoring changes what an evaluation returns
 RESULTS_FILE = "results.json"
 
 

@@ -28,6 +28,7 @@ import logging
 import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import attrgetter
 from typing import Any
 
 import lightning as L
@@ -127,14 +128,18 @@ class OnPolicyDistillation(L.Callback):
         self.round, self.last_round_step = state_dict["round"], state_dict["last_round_step"]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        datamodule = trainer.datamodule
+        if stage == "fit":
+            self.prepare(trainer.datamodule, pl_module.hparams.model_name_or_path)
+
+    def prepare(self, datamodule: L.LightningDataModule, student: str) -> None:
+        """Build the encoder, the question pool, the aligner and the teacher from a data module and the
+        student's name (`setup` does it for a fit; `probe` needs it alone)."""
         datamodule.setup("fit")
         self.encoder: Encoder = datamodule.encoder
-        self.pool = sorted({item.example.id: item.example for item in datamodule.dataset.items}.values(), key=_id)
+        unique = {item.example.id: item.example for item in datamodule.dataset.items}
+        self.pool = sorted(unique.values(), key=attrgetter("id"))
         settings = AlignSettings(
-            student_tokenizer=resolve_model(pl_module.hparams.model_name_or_path),
+            student_tokenizer=resolve_model(student),
             teacher_scheme="text",
             top_k=self.top_k,
             max_length=self.encoder.max_target_length - 1,
@@ -172,31 +177,13 @@ class OnPolicyDistillation(L.Callback):
             scored = self._future.result() if self._future is not None else self._score(self.pending)
             self._admit(scored, pl_module, time.perf_counter() - started)
         examples = self.rng.sample(self.pool, k=min(self.questions, len(self.pool)))
-        self.pending = self._sample(pl_module, examples)
+        seed = self.seed * 1_000_003 + self.round  # a resumed run draws the same samples
+        with pl_module.trainer.precision_plugin.forward_context():  # bf16-mixed samples in bf16, as it evaluates
+            self.pending = sample_completions(
+                pl_module.model, self.encoder, examples, self.data_format, self.temperature, self.max_new_tokens, seed
+            )
         self.round += 1
         self._future = self._pool.submit(self._score, list(self.pending)) if self.background and self._pool else None
-
-    @torch.no_grad()
-    def _sample(self, pl_module: L.LightningModule, examples: list) -> list[dict[str, str]]:
-        """The student's completions of ``examples``' prompts, sampled at the temperature by the evaluator's
-        own decoding loop (shared prefix, finished rows leave the batch), seeded by the round (the global RNG
-        left as it was)."""
-        prompts = [self.encoder.builder.build(e, self.data_format).prompt for e in examples]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + self.round)
-            texts = generate(
-                pl_module.model,
-                self.encoder.tokenizer,
-                prompts,
-                max_new_tokens=self.max_new_tokens,
-                batch_size=len(prompts),
-                stop=SAMPLE_STOP,
-                progress=False,
-                temperature=self.temperature,
-            )
-        texts = [cut_at_stop(text, TEACHER_STOPS).rstrip() for text in texts]
-        kept = [(e, p, t) for e, p, t in zip(examples, prompts, texts) if t.strip()]
-        return [{"question_id": e.id, "prompt": p, "completion": t} for e, p, t in kept]
 
     def _score(self, pending: list[dict[str, str]]) -> list[tuple[dict, dict] | None]:
         """Each pending sample scored by the teacher and aligned: ``(aligned row, its question)`` or None."""
@@ -216,20 +203,7 @@ class OnPolicyDistillation(L.Callback):
         if not kept:
             logger.warning("on-policy round %d: no sample survived scoring and alignment", self.round)
             return
-        by_id = {e.id: e for e in self.pool}
-        rows = [row for row, _ in kept]
-        encoder = Encoder(
-            self.encoder.tokenizer,
-            self.encoder.builder,
-            self.encoder.encoder_decoder,
-            self.encoder.max_source_length,
-            self.encoder.max_target_length,
-            targets=rows,
-        )
-        fresh = [
-            _plain(encoder.encode(Item(by_id[s["question_id"]], row["text"], i), self.data_format))
-            for i, (row, s) in enumerate(kept)
-        ]
+        rows, fresh = [row for row, _ in kept], self._encode(kept, self.pool)
         self.buffer = (self.buffer + fresh)[-self.buffer_size :]
         self._log_round(pl_module, rows, fresh, waited)
 
@@ -249,6 +223,39 @@ class OnPolicyDistillation(L.Callback):
             waited,
         )
 
+    def _encode(self, kept: list[tuple[dict, dict]], examples: list) -> list[dict[str, Any]]:
+        """Scored, aligned rows ``(row, sample)`` as training examples of the student (plain lists)."""
+        by_id = {e.id: e for e in examples}
+        encoder = Encoder(
+            self.encoder.tokenizer,
+            self.encoder.builder,
+            self.encoder.encoder_decoder,
+            self.encoder.max_source_length,
+            self.encoder.max_target_length,
+            targets=[row for row, _ in kept],
+        )
+        return [
+            _plain(encoder.encode(Item(by_id[s["question_id"]], row["text"], i), self.data_format))
+            for i, (row, s) in enumerate(kept)
+        ]
+
+    @torch.no_grad()
+    def probe(self, pl_module: L.LightningModule, examples: list, losses: dict[str, Any], seed: int = 0):
+        """The teacher–student divergence on the student's own samples of ``examples`` (held-out questions):
+        ``{name: [value per kept sample]}``, each ``losses[name]`` (a `TopKDivergence`) on one sample's
+        tokens (a token mean), after `prepare`."""
+        pending = sample_completions(
+            pl_module.model, self.encoder, examples, self.data_format, self.temperature, self.max_new_tokens, seed
+        )
+        kept = [entry for entry in self._score(pending) if entry is not None]
+        values: dict[str, list[float]] = {name: [] for name in losses}
+        for example in self._encode(kept, examples):
+            batch = self._collate([example], pl_module.device)
+            logits, targets = pl_module.logits(batch).float(), pl_module.targets(batch)
+            for name, loss in losses.items():
+                values[name].append(float(loss.from_logits(logits, targets)))
+        return values
+
     def _collate(self, examples: list[dict], device: torch.device) -> dict[str, Tensor]:
         arrays = [
             {
@@ -261,10 +268,32 @@ class OnPolicyDistillation(L.Callback):
         return {key: value.to(device) for key, value in self.encoder.collate(arrays).items()}
 
 
+@torch.no_grad()
+def sample_completions(
+    model, encoder: Encoder, examples: list, data_format: str, temperature: float, max_new_tokens: int, seed: int
+) -> list[dict[str, str]]:
+    """``model``'s completions of ``examples``' prompts in ``data_format``, sampled at ``temperature`` by the
+    evaluator's own decoding loop (shared prefix, finished rows leave the batch) with ``seed`` (the global RNG
+    left as it was), cut where a next question begins; empty ones are dropped. Rows: ``question_id``,
+    ``prompt``, ``completion``."""
+    prompts = [encoder.builder.build(e, data_format).prompt for e in examples]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        texts = generate(
+            model,
+            encoder.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=len(prompts),
+            stop=SAMPLE_STOP,
+            progress=False,
+            temperature=temperature,
+        )
+    texts = [cut_at_stop(text, TEACHER_STOPS).rstrip() for text in texts]
+    kept = [(e, p, t) for e, p, t in zip(examples, prompts, texts) if t.strip()]
+    return [{"question_id": e.id, "prompt": p, "completion": t} for e, p, t in kept]
+
+
 def _plain(encoded: dict) -> dict[str, Any]:
     """An encoded example with lists for arrays, as a checkpoint stores it (no numpy objects)."""
     return {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in encoded.items()}
-
-
-def _id(example) -> str:
-    return example.id

@@ -1,0 +1,112 @@
+"""``comparison.md``: arms of one experiment (fits of the same student on the same budget) compared at
+their last evaluation, by paired intervals on the same examples, and by the teacher–student divergence on
+held-out samples of each student (``scripts/compare_on_policy.py`` writes both).
+
+Every arm's first evaluation is the untouched student (step 0), so each arm is compared with it and with
+the reference arm: GSM8K dev accuracy by `paired_change` (points), the per-token NLL of the gold rationales
+by `paired_difference` (nats). A change is a difference only where its 95% interval excludes 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from specialight.evaluation.likelihood import paired_difference, summarize
+from specialight.reporting.claims import accuracy_change, load_run, outcomes
+
+ACCURACY = "gsm8k_dev"
+LIKELIHOOD = "nll_gsm8k_dev_zero_shot"
+
+
+def nll_values(run: Path, step: int) -> dict[str, dict[str, float]]:
+    """``suite -> {text id: mean per-token NLL}`` of the evaluation at ``step`` (its ``nll.jsonl``)."""
+    from specialight.data.jsonl import read_jsonl
+
+    path = run / "evaluations" / f"step-{step}" / "nll.jsonl"
+    values: dict[str, dict[str, float]] = {}
+    for _, row in read_jsonl(path, fields=("suite", "id", "nll")):
+        values.setdefault(row["suite"], {})[row["id"]] = float(row["nll"])
+    return values
+
+
+def _span(value: float, low: float, high: float, digits: int, unit: str = "") -> str:
+    return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{unit}"
+
+
+def _change(before_run: Path, before: int, after_run: Path, after: int) -> tuple[str, str]:
+    """GSM8K dev accuracy change (points) and likelihood change (nats/token) between two evaluations."""
+    found = accuracy_change(ACCURACY, outcomes(before_run, before), outcomes(after_run, after))
+    accuracy = _span(*found[:3], 1) if found else "-"
+    old, new = nll_values(before_run, before).get(LIKELIHOOD), nll_values(after_run, after).get(LIKELIHOOD)
+    nll = "-"
+    if old and new:
+        stats = paired_difference(old, new)
+        nll = _span(stats["mean"], stats["low"], stats["high"], 3)
+    return accuracy, nll
+
+
+def _last(run: Path) -> dict:
+    return [r for r in load_run(run) if r["scores"]][-1]
+
+
+def arm_rows(arms: dict[str, Path], reference: str) -> list[str]:
+    """One markdown table row per arm: steps, examples, GSM8K dev accuracy, NLL, and the paired changes
+    against step 0 and against the ``reference`` arm."""
+    rows = []
+    ref_run, ref_step = arms[reference], _last(arms[reference])["step"]
+    for name, run in arms.items():
+        first, last = load_run(run)[0], _last(run)
+        n, accuracy, (low, high) = last["n"][ACCURACY], last["scores"][ACCURACY], last["ci95"][ACCURACY]
+        nll = last["nll"][LIKELIHOOD]
+        from_start = _change(run, first["step"], run, last["step"])
+        against = _change(ref_run, ref_step, run, last["step"]) if name != reference else ("-", "-")
+        rows.append(
+            f"| {name} | {last['step']} | {last['examples']} | {accuracy:.1f} [{low:.1f}, {high:.1f}] (n={n}) | "
+            f"{from_start[0]} | {against[0]} | {nll['mean']:.3f} (n={nll['n']}) | {from_start[1]} | {against[1]} |"
+        )
+    return rows
+
+
+def probe_rows(probe: dict[str, dict[str, list[float]]]) -> tuple[list[str], list[str]]:
+    """The divergence table's header and one row per model: each divergence's mean per-token value over the
+    model's own held-out samples, with its 95% bootstrap interval (samples differ between models: unpaired)."""
+    names = sorted({name for values in probe.values() for name in values})
+    header = ["| model | samples | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    rows = []
+    for model, values in probe.items():
+        cells = []
+        for name in names:
+            stats = summarize(values.get(name, []))
+            cells.append(f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]" if stats["n"] else "-")
+        count = max((len(v) for v in values.values()), default=0)
+        rows.append(f"| {model} | {count} | " + " | ".join(cells) + " |")
+    return header, rows
+
+
+def comparison_markdown(
+    arms: dict[str, Path], reference: str, probe: dict[str, dict[str, list[float]]] | None = None
+) -> str:
+    """The ``comparison.md`` text: the arms table, then the held-out divergence table where ``probe`` is given."""
+    lines = [
+        "# Arms compared",
+        "",
+        f"GSM8K dev accuracy (%, Wilson 95%) and the per-token NLL of its gold rationales ({LIKELIHOOD}) at "
+        "each arm's last evaluation; changes are paired over the same examples with 95% bootstrap intervals, "
+        f"from the untouched student (step 0) and against the `{reference}` arm.",
+        "",
+        "| arm | steps | examples | GSM8K dev | change from step 0 | change vs "
+        f"{reference} | NLL | NLL change from step 0 | NLL change vs {reference} |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *arm_rows(arms, reference),
+    ]
+    if probe:
+        header, rows = probe_rows(probe)
+        lines += [
+            "",
+            "Teacher–student divergence (nats/token, on the (k+1)-bin partition of the teacher's top-k) on each "
+            "student's own samples of held-out questions, scored teacher-forced by the teacher:",
+            "",
+            *header,
+            *rows,
+        ]
+    return "\n".join(lines) + "\n"
