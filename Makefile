@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: help install test test-fast demo reproduce-cpu reproduce-cpu-formats compare-on-policy bench lint llama-server gpu-check
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ reproduce-cpu-formats: $(STAMP) ## claim (c): reproduce-cpu's recipe on in-conte
 	$(BIN)/python -m specialight.demo --config configs/reproduce_cpu.yaml --config configs/data/zero_shot_only.yaml --config configs/reproduce_cpu_formats.yaml --trainer.default_root_dir=$(FORMATS_RUNS)/zero_shot
 	$(BIN)/specialight claims --run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --in_context_run $$(ls -d $(FORMATS_RUNS)/in_context/lightning_logs/version_* | tail -1) --zero_shot_run $$(ls -d $(FORMATS_RUNS)/zero_shot/lightning_logs/version_* | tail -1) --out $(FORMATS_RUNS)/claims.md
 
-TEACHER ?= $(lastword $(sort $(wildcard runs/reproduce_cpu/lightning_logs/version_*/best.ckpt)))
+TEACHER ?= $(shell ls -dv runs/reproduce_cpu/lightning_logs/version_*/best.ckpt 2>/dev/null | tail -1)
 compare-on-policy: $(STAMP) ## on- vs off-policy distillation at equal minutes; TEACHER=best.ckpt of reproduce-cpu (docs/results.md)
 	@test -n "$(TEACHER)" || { echo "make compare-on-policy: no TEACHER; run make reproduce-cpu first or pass TEACHER=RUN/best.ckpt"; exit 2; }
 	$(BIN)/python scripts/compare_on_policy.py --teacher $(TEACHER) $(COMPARE_ARGS)

@@ -6,15 +6,17 @@
 2. ``teacher_samples.jsonl``: the teacher's own zero-shot CoT samples of ``--questions`` tuning questions
    (temperature ``--temperature``), each scored teacher-forced by itself (top-k log-probs): the off-policy data.
 3. Four fits of the untouched student, each for ``--minutes`` of training (configs/compare_on_policy.yaml;
-   the step-0 evaluation not counted), under ``OUT/<arm>``:
-   - ``gold``: cross-entropy on the gold rationales (the control);
+   the step-0 and final evaluations not counted; the teacher's sampling, step 2, not charged to any arm),
+   under ``OUT/<arm>``:
+   - ``gold``: cross-entropy on the gold rationales (a control: no teacher at all);
    - ``off_policy``: cross-entropy on the teacher's samples (sample matching, the paper's off-policy data; all
      of them, right or wrong, as the on-policy arms take the student's);
-   - ``on_policy_rkl`` / ``on_policy_jsd``: the student's own samples scored by the teacher, at share
-     ``lmbda`` 0.5 beside the gold rationales, with reverse KL / generalized JSD (beta 0.5).
+   - ``on_policy_rkl`` / ``on_policy_jsd``: the same teacher samples (one-hot targets), of which a share
+     ``lmbda`` 0.5 of the batches is replaced by the student's own samples scored by the teacher, with reverse
+     KL / generalized JSD (beta 0.5): the off-policy arm plus on-policy data, nothing else changed.
 4. ``probe.json``: each student's (and the untouched student's) samples of ``--probe`` held-out questions
    (GSM8K tune's ``heldout`` split, never trained on), scored by the teacher; forward KL, reverse KL and JSD
-   per sample.
+   per question, over the positions that carry the teacher's distribution.
 5. ``comparison.md`` (`specialight.reporting.arms`) and ``timings.json``.
 
 A step whose output exists is skipped, so a killed comparison resumes. Offline: set ``SPECIALIGHT_DATA_DIR``
@@ -117,8 +119,8 @@ def arm_configs(out: Path, teacher_dir: Path, samples: Path, eval_limit: int | N
     losses = {
         "gold": ({"class_path": LOSSES + "SampleMatching"}, None, False),
         "off_policy": ({"class_path": LOSSES + "SampleMatching"}, str(samples), False),
-        "on_policy_rkl": ({"class_path": LOSSES + "ReverseKL"}, None, True),
-        "on_policy_jsd": ({"class_path": LOSSES + "GeneralizedJSD", "init_args": {"beta": 0.5}}, None, True),
+        "on_policy_rkl": ({"class_path": LOSSES + "ReverseKL"}, str(samples), True),
+        "on_policy_jsd": ({"class_path": LOSSES + "GeneralizedJSD", "init_args": {"beta": 0.5}}, str(samples), True),
     }
     configs = {}
     for arm, (loss, teacher_data, with_on_policy) in losses.items():
@@ -143,15 +145,19 @@ def run_folder(root: Path) -> Path | None:
 
 
 def fit(arm: str, config: dict, out: Path, minutes: float) -> Path:
-    """Run one arm's fit (skipped when it finished before); its run folder."""
+    """Run one arm's fit (skipped when it finished before with the same config and minutes); its run folder."""
+    limit = f"00:00:{int(minutes):02d}:{int(round(minutes % 1 * 60)):02d}"
+    config = yaml.safe_load(yaml.safe_dump(config)) | {"trainer": config["trainer"] | {"max_time": limit}}
+    path = out / "configs" / f"{arm}.yaml"
+    text = yaml.safe_dump(config, sort_keys=False)
+    if path.is_file() and path.read_text() != text:
+        raise SystemExit(f"{path} was written with other settings; give another --out (or delete {out / arm})")
     done = run_folder(out / arm)
     if done is not None:
         return done
-    path = out / "configs" / f"{arm}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    limit = f"00:00:{int(minutes):02d}:{int(round(minutes % 1 * 60)):02d}"
-    command = [sys.executable, "-m", "specialight.cli", "fit", "--config", str(path), f"--trainer.max_time={limit}"]
+    path.write_text(text)
+    command = [sys.executable, "-m", "specialight.cli", "fit", "--config", str(path)]
     logger.info("arm %s: %s", arm, " ".join(command))
     subprocess.run(command, check=True)
     found = run_folder(out / arm)
@@ -160,7 +166,7 @@ def fit(arm: str, config: dict, out: Path, minutes: float) -> Path:
     return found
 
 
-def probe(out: Path, teacher_dir: Path, runs: dict[str, Path], questions: int) -> dict[str, dict[str, list[float]]]:
+def probe(out: Path, teacher_dir: Path, runs: dict[str, Path], questions: int) -> dict[str, dict[str, dict]]:
     """Each student's divergence from the teacher on its own samples of held-out questions."""
     path = out / "probe.json"
     if path.is_file():
@@ -173,12 +179,11 @@ def probe(out: Path, teacher_dir: Path, runs: dict[str, Path], questions: int) -
     students = {"untrained": None} | {arm: run / "checkpoints" / "last.ckpt" for arm, run in runs.items()}
     result = {}
     for name, ckpt in students.items():
-        student = (
-            SpecializationModule(model_name_or_path=STUDENT)
-            if ckpt is None
-            else SpecializationModule.load_from_checkpoint(str(ckpt), map_location="cpu")
-        )
-        student.configure_model()
+        if ckpt is None:
+            student = SpecializationModule(model_name_or_path=STUDENT)
+            student.configure_model()
+        else:
+            student = SpecializationModule.load_from_checkpoint(str(ckpt), map_location="cpu")
         student.eval()
         with autocast():
             result[name] = callback.probe(student, examples, losses, seed=1)
@@ -192,7 +197,7 @@ def main() -> None:
     parser.add_argument("--teacher", required=True, help="a specialight checkpoint or a transformers folder")
     parser.add_argument("--out", default="runs/compare_on_policy")
     parser.add_argument("--minutes", type=float, default=10.0, help="training minutes per arm")
-    parser.add_argument("--questions", type=int, default=320, help="tuning questions the teacher answers")
+    parser.add_argument("--questions", type=int, default=480, help="tuning questions the teacher answers")
     parser.add_argument("--temperature", type=float, default=0.7, help="the teacher's sampling temperature")
     parser.add_argument("--probe", type=int, default=64, help="held-out questions of the divergence probe")
     parser.add_argument("--eval_limit", type=int, default=None, help="examples per suite (a quick trial only)")
@@ -229,7 +234,7 @@ def main() -> None:
     result = timed("probe", lambda: probe(out, teacher_dir, runs, args.probe))
     from specialight.reporting.arms import comparison_markdown
 
-    text = comparison_markdown(runs, "off_policy", result)
+    text = comparison_markdown(runs, "off_policy", result, probe_reference="untrained")
     (out / "comparison.md").write_text(text)
     sys.stdout.write(text)
 

@@ -39,14 +39,35 @@ def test_heldout_is_the_end_of_tune_and_outside_a_limited_runs_items(data_dir):
     assert not {e.id for e in tune[:7073]} & {e.id for e in heldout}  # data.limit: 7073 keeps them unseen
 
 
-@pytest.mark.parametrize(("limit", "drawn"), [(7073, False), (None, True)])
-def test_heldout_rows_left_out_of_the_items_are_never_drawn_as_demonstrations(tiny_gpt2_dir, data_dir, limit, drawn):
+@pytest.mark.parametrize("limit", [7073, None])
+def test_a_run_never_draws_the_heldout_rows_it_leaves_out_as_demonstrations(tiny_gpt2_dir, data_dir, limit):
     from specialight.data.datamodule import SpecializationDataModule
 
     module = SpecializationDataModule(str(tiny_gpt2_dir), data_dir=str(data_dir), limit=limit)
     module.setup("fit")
     heldout = {e.id for e in load_examples("gsm8k", "heldout", data_dir)}
-    assert bool(heldout & {e.id for e in module.encoder.builder.pool}) is drawn
+    assert module.encoder.builder.exclude == (heldout if limit else frozenset())
+
+
+def test_excluded_rows_are_never_demonstrations_and_the_other_draws_stay_the_same(data_dir):
+    from specialight.data.formats import FormatBuilder, question_prompt
+
+    pool = load_examples("gsm8k", "tune", data_dir)
+    heldout = load_examples("gsm8k", "heldout", data_dir)
+    plain = FormatBuilder(pool, 4, seed=0)
+    guarded = FormatBuilder(pool, 4, seed=0, exclude=frozenset(e.id for e in heldout))
+    starts = tuple(question_prompt(e.question, True) for e in heldout)
+    changed = 0
+    for example in pool[:600]:
+        before, after = plain.demonstrations(example.id, True), guarded.demonstrations(example.id, True)
+        assert len(after) == 4 and not any(block.startswith(starts) for block in after)
+        if any(block.startswith(starts) for block in before):
+            changed += 1
+            kept = [block for block in before if not block.startswith(starts)]
+            assert after[: len(kept)] == kept  # the rest of the draw is kept, in order; the draw goes on past it
+        else:
+            assert after == before  # a draw that avoided the excluded rows is the same draw
+    assert changed > 0  # 600 examples x 4 draws from 7,273 rows hit the 200 heldout rows somewhere
 
 
 def test_ood_dev_splits_are_seeded_disjoint_and_cover_all(data_dir):

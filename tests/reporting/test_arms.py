@@ -54,11 +54,15 @@ def test_each_arm_is_compared_with_step_0_and_with_the_reference_arm(tmp_path):
     assert on[7] == "-0.300 [-0.300, -0.300]" and on[8] == "-0.200 [-0.200, -0.200]"  # every text 0.3 / 0.2 lower
 
 
-def test_the_divergence_table_gives_each_model_its_mean_with_an_interval():
-    header, rows = probe_rows({"untrained": {"reverse_kl": [1.0, 1.0, 1.0]}, "arm": {"reverse_kl": [0.2, 0.4]}})
+def test_the_divergence_table_gives_each_model_its_mean_and_its_paired_change_from_the_reference():
+    probe = {
+        "untrained": {"reverse_kl": {"q1": 1.0, "q2": 1.0, "q3": 1.0}},
+        "arm": {"reverse_kl": {"q1": 0.2, "q2": 0.4}},  # q3's sample did not survive alignment
+    }
+    header, rows = probe_rows(probe, "untrained")
     assert header[0] == "| model | samples | reverse_kl |"
     assert rows[0] == "| untrained | 3 | 1.000 [1.000, 1.000] |"
-    assert rows[1].startswith("| arm | 2 | 0.300 [0.200, 0.400]")
+    assert rows[1].startswith("| arm | 2 | 0.300 [0.200, 0.400]; -0.700 [-0.800, -0.600] from untrained")
 
 
 def test_a_run_without_evaluations_fails_naming_the_file(tmp_path):

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 from specialight.training.callbacks import ModelSelection
@@ -176,3 +177,43 @@ def test_a_second_identical_run_takes_its_step_zero_evaluation_from_the_cache(
         assert step0[0] == step0[1]
     settings.max_new_tokens = 4  # a suite setting changed: evaluated again
     assert fit("third")[0]["cache"] == "miss" and len(runs) == 5
+
+
+class _StopAfter(L.Callback):
+    """Ask the trainer to stop after optimizer step ``step`` (as ``max_time`` does), before evaluations see it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stopped_early", [False, True])
+def test_interim_evaluations_run_only_their_suites_and_the_last_runs_every_suite(
+    tiny_gpt2_dir, data_dir, tmp_path, stopped_early
+):
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.evaluation.settings import EvalSettings
+    from specialight.training.callbacks import PeriodicEvaluation
+    from tests.helpers import quiet_trainer
+
+    settings = EvalSettings(suites=["svamp_dev", "nll_gsm8k_dev_zero_shot"], limit=2, max_new_tokens=3)
+    settings.data_dir = str(data_dir)
+    evaluation = PeriodicEvaluation(settings, every_n_examples=4, interim_suites=["svamp_dev"])
+    callbacks = [evaluation, _StopAfter(2)] if stopped_early else [evaluation]
+    trainer = quiet_trainer(3, callbacks, default_root_dir=tmp_path)
+    datamodule = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), limit=16, batch_size=4, formats={"zero_shot_cot": 1.0}
+    )
+    trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
+    records = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    full = {"scores": ["svamp_dev"], "nll": ["nll_gsm8k_dev_zero_shot"]}
+    shape = [(r["step"], bool(r.get("interim")), sorted(r.get("nll", {}))) for r in records]
+    if stopped_early:  # the step evaluated as interim is evaluated again, whole, at the end
+        assert shape == [(0, False, full["nll"]), (1, True, []), (2, True, []), (2, False, full["nll"])]
+    else:  # the evaluation at max_steps is the last: whole
+        assert shape == [(0, False, full["nll"]), (1, True, []), (2, True, []), (3, False, full["nll"])]
+    assert all("svamp_dev" in r["scores"] for r in records)
+    assert "nll_change" in records[-1]  # against step 0's likelihoods, skipped by the interim evaluations

@@ -203,9 +203,11 @@ def test_a_decoder_only_student_probe_measures_divergences_on_its_own_held_out_s
     examples = load_examples("gsm8k", "heldout", data_dir)[:3]
     losses = {"forward": DistributionMatching(), "reverse": ReverseKL()}
     first = callback.probe(student, examples, losses, seed=5)
-    assert len(first["forward"]) == len(first["reverse"]) >= 1
-    assert all(value >= 0 and value == value for values in first.values() for value in values)
-    assert max(first["reverse"]) > 0  # a random student and a random teacher disagree
+    questions = set(first["forward"])
+    assert questions and questions <= {e.id for e in examples} and set(first["reverse"]) == questions
+    values = [v for by_question in first.values() for v in by_question.values()]
+    assert all(v >= 0 for v in values) and max(values) > 0  # a random student and a random teacher disagree
+    assert first["forward"] != first["reverse"]  # two divergences, not one cross-entropy under two names
     assert callback.probe(student, examples, losses, seed=5) == first  # seeded: the same samples, the same values
     assert callback.probe(student, examples, losses, seed=6) != first
 

@@ -176,9 +176,8 @@ class SpecializationDataModule(L.LightningDataModule):
         pool = load_examples("gsm8k", "tune", hp.data_dir)
         items = self._items(pool)
         kept = {item.example.id for item in items}
-        unseen = {e.id for e in load_examples("gsm8k", "heldout", hp.data_dir)} - kept
-        pool = [example for example in pool if example.id not in unseen]  # nor drawn as demonstrations
-        builder = FormatBuilder(pool, hp.num_demonstrations, hp.seed, newline_separator(tokenizer))
+        unseen = frozenset({e.id for e in load_examples("gsm8k", "heldout", hp.data_dir)} - kept)
+        builder = FormatBuilder(pool, hp.num_demonstrations, hp.seed, newline_separator(tokenizer), unseen)
         self.encoder = Encoder(
             tokenizer,
             builder,

@@ -83,7 +83,8 @@ class FormatBuilder:
 
     Demonstrations for in-context formats are drawn from ``pool`` with an RNG seeded by
     ``(seed, example id, draw)``: the same example gets the same demonstrations on every run and in every
-    worker, and never itself.
+    worker, and never itself nor an ``exclude`` id (the draw is extended past them, so the demonstrations that
+    avoid them are the ones drawn without ``exclude``).
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class FormatBuilder:
         num_demonstrations: int = 4,
         seed: int = 0,
         newline: str | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> None:
         usable = [e for e in pool if e.rationale]
         if num_demonstrations and len(usable) <= num_demonstrations:
@@ -103,11 +105,14 @@ class FormatBuilder:
         self.num_demonstrations = num_demonstrations
         self.seed = seed
         self.newline = newline
+        self.exclude = frozenset(exclude)
 
     def demonstrations(self, example_id: str, cot: bool, draw: int = 0) -> list[str]:
         """The k demonstration blocks (prompt + target) for one example."""
         rng = random.Random(f"{self.seed}:{example_id}:{draw}")
-        picked = [e for e in rng.sample(self.pool, self.num_demonstrations + 1) if e.id != example_id]
+        size = min(len(self.pool), self.num_demonstrations + 1 + len(self.exclude))
+        unwanted = self.exclude | {example_id}
+        picked = [e for e in rng.sample(self.pool, size) if e.id not in unwanted]
         return [
             question_prompt(e.question, cot) + answer_target(e.answer, e.rationale if cot else None)
             for e in picked[: self.num_demonstrations]

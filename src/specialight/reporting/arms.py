@@ -67,32 +67,48 @@ def arm_rows(arms: dict[str, Path], reference: str) -> list[str]:
     return rows
 
 
-def probe_rows(probe: dict[str, dict[str, list[float]]]) -> tuple[list[str], list[str]]:
+def probe_rows(probe: dict[str, dict[str, dict[str, float]]], reference: str) -> tuple[list[str], list[str]]:
     """The divergence table's header and one row per model: each divergence's mean per-token value over the
-    model's own held-out samples, with its 95% bootstrap interval (samples differ between models: unpaired)."""
+    model's own samples of the held-out questions (``{model: {divergence: {question id: value}}}``), with its
+    95% bootstrap interval, and its paired change from the ``reference`` model over the questions both kept
+    (each model samples its own answer to the same question)."""
     names = sorted({name for values in probe.values() for name in values})
     header = ["| model | samples | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     rows = []
     for model, values in probe.items():
         cells = []
         for name in names:
-            stats = summarize(values.get(name, []))
-            cells.append(f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]" if stats["n"] else "-")
+            by_question = values.get(name, {})
+            if not by_question:
+                cells.append("-")
+                continue
+            stats = summarize(list(by_question.values()))
+            cell = f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
+            base = probe.get(reference, {}).get(name, {})
+            if model != reference and base.keys() & by_question.keys():
+                change = paired_difference(base, by_question)
+                cell += f"; {_span(change['mean'], change['low'], change['high'], 3)} from {reference}"
+            cells.append(cell)
         count = max((len(v) for v in values.values()), default=0)
         rows.append(f"| {model} | {count} | " + " | ".join(cells) + " |")
     return header, rows
 
 
 def comparison_markdown(
-    arms: dict[str, Path], reference: str, probe: dict[str, dict[str, list[float]]] | None = None
+    arms: dict[str, Path],
+    reference: str,
+    probe: dict[str, dict[str, dict[str, float]]] | None = None,
+    probe_reference: str = "untrained",
 ) -> str:
-    """The ``comparison.md`` text: the arms table, then the held-out divergence table where ``probe`` is given."""
+    """The ``comparison.md`` text: the arms table, then the held-out divergence table where ``probe`` is given.
+    Every arm is compared with ``reference`` (no correction for the several comparisons)."""
     lines = [
         "# Arms compared",
         "",
         f"GSM8K dev accuracy (%, Wilson 95%) and the per-token NLL of its gold rationales ({LIKELIHOOD}) at "
         "each arm's last evaluation; changes are paired over the same examples with 95% bootstrap intervals, "
-        f"from the untouched student (step 0) and against the `{reference}` arm.",
+        f"from the untouched student (step 0) and against the `{reference}` arm (each interval on its own: "
+        "no correction for the several comparisons).",
         "",
         "| arm | steps | examples | GSM8K dev | change from step 0 | change vs "
         f"{reference} | NLL | NLL change from step 0 | NLL change vs {reference} |",
@@ -100,11 +116,13 @@ def comparison_markdown(
         *arm_rows(arms, reference),
     ]
     if probe:
-        header, rows = probe_rows(probe)
+        header, rows = probe_rows(probe, probe_reference)
         lines += [
             "",
-            "Teacher–student divergence (nats/token, on the (k+1)-bin partition of the teacher's top-k) on each "
-            "student's own samples of held-out questions, scored teacher-forced by the teacher:",
+            "Teacher–student divergence (nats/token, on the (k+1)-bin partition of the teacher's top-k, over the "
+            "positions that carry the teacher's distribution) on each student's own samples of held-out "
+            "questions, scored teacher-forced by the teacher; mean [95% interval]; the paired change from "
+            f"{probe_reference} over the same questions:",
             "",
             *header,
             *rows,

@@ -57,6 +57,10 @@ class PeriodicEvaluation(L.Callback):
         before_training: evaluate once before the first step.
         at_end: evaluate after the last step unless that step was just evaluated.
         likelihood_every_n_examples: cadence of the likelihood suites alone (None: with the others).
+        interim_suites: the suites of the evaluations between the first and the last (None: every suite).
+            The first and the last run every suite, so claims compare the same suites at both ends, while
+            the evaluations between them (which selection reads) cost only what they measure; a record of
+            such an evaluation says ``"interim": true``.
         cache_initial: keep the step-0 evaluation of the untouched model on disk and reuse it when a run
             evaluates the same weights with the same settings (`specialight.evaluation.result_cache`; off
             unless a config turns it on, as the reproduce and demo configs do).
@@ -70,8 +74,9 @@ class PeriodicEvaluation(L.Callback):
         at_end: bool = True,
         likelihood_every_n_examples: int | None = None,
         cache_initial: bool = False,
+        interim_suites: list[str] | None = None,
     ) -> None:
-        self.settings, self.every_n_examples = settings, every_n_examples
+        self.settings, self.every_n_examples, self.interim_suites = settings, every_n_examples, interim_suites
         self.likelihood_every_n_examples = likelihood_every_n_examples
         self.before_training, self.at_end, self.cache_initial = before_training, at_end, cache_initial
         self.history: list[dict[str, Any]] = []
@@ -79,7 +84,7 @@ class PeriodicEvaluation(L.Callback):
         self.clock = RunClock()  # the expected time left, in the log line of each evaluation
         self.nll_baseline: dict[str, dict[str, float]] | None = None
         self.checkpoint_step: int | None = None
-        self._evaluator: Evaluator | None = None
+        self._evaluators: dict[bool, Evaluator] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"examples_seen": self.examples_seen, "history": self.history, "nll_baseline": self.nll_baseline}
@@ -89,17 +94,25 @@ class PeriodicEvaluation(L.Callback):
         self.history = state_dict["history"]
         self.nll_baseline = state_dict.get("nll_baseline")
 
-    def _evaluator_for(self, pl_module: L.LightningModule) -> Evaluator:
-        if self._evaluator is None:
+    def _evaluator_for(self, pl_module: L.LightningModule, interim: bool = False) -> Evaluator:
+        """The evaluator of every suite, or of the interim suites (each built once)."""
+        if interim not in self._evaluators:
+            from dataclasses import replace
+
             from specialight.core.models import load_tokenizer
 
             tokenizer = load_tokenizer(pl_module.hparams.model_name_or_path)
-            self._evaluator = Evaluator(pl_module.model, tokenizer, self.settings)
-            self._evaluator.items()
-        return self._evaluator
+            settings = replace(self.settings, suites=list(self.interim_suites)) if interim else self.settings
+            self._evaluators[interim] = Evaluator(pl_module.model, tokenizer, settings)
+            self._evaluators[interim].items()
+        return self._evaluators[interim]
 
     def evaluate(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, kinds: tuple[str, ...] = ("generation", "likelihood")
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        kinds: tuple[str, ...] = ("generation", "likelihood"),
+        interim: bool = False,
     ) -> dict[str, Any]:
         """Run the suites now on every rank's share and append the record to ``evaluations.jsonl``. When
         fitting, log it and tell `ModelSelection`; otherwise (``validate``) log it through ``pl_module.log``,
@@ -108,8 +121,10 @@ class PeriodicEvaluation(L.Callback):
         step = trainer.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
         folder = log_dir(trainer)
         started = time.perf_counter()
-        results, cache = self._run_suites(trainer, pl_module, folder / "evaluations" / f"step-{step}", kinds)
-        record = self._record(pl_module, step, results, time.perf_counter() - started, cache)
+        out = folder / "evaluations" / f"step-{step}"
+        results, fields = self._run_suites(trainer, pl_module, out, kinds, interim)
+        fields |= {"interim": True} if interim else {}
+        record = self._record(pl_module, step, results, time.perf_counter() - started, fields)
         if trainer.is_global_zero:
             with (folder / EVALUATIONS_FILE).open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -134,7 +149,7 @@ class PeriodicEvaluation(L.Callback):
         return record
 
     def _run_suites(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, out: Path, kinds: tuple[str, ...]
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: Path, kinds: tuple[str, ...], interim: bool
     ) -> tuple[Results, dict[str, str]]:
         """The `Results` of the suites, and the cache fields of the record (none where no cache applies)."""
         from specialight.training.sharding import full_parameters, is_sharded
@@ -142,7 +157,7 @@ class PeriodicEvaluation(L.Callback):
         untouched = trainer.state.fn == TrainerFn.FITTING and trainer.global_step == 0 and not self.history
         with full_parameters(pl_module.model):
             run = functools.partial(
-                self._evaluator_for(pl_module).run,
+                self._evaluator_for(pl_module, interim).run,
                 out,
                 progress=trainer.progress_bar_callback is not None,
                 context=trainer.precision_plugin.forward_context,
@@ -168,7 +183,7 @@ class PeriodicEvaluation(L.Callback):
             return results, {"cache": "miss", "cache_key": key}
 
     def _record(
-        self, pl_module: L.LightningModule, step: int, results: Results, seconds: float, cache: dict[str, str]
+        self, pl_module: L.LightningModule, step: int, results: Results, seconds: float, fields: dict[str, Any]
     ) -> dict[str, Any]:
         """The ``evaluations.jsonl`` record; likelihoods also change against the first evaluation's."""
         from specialight.evaluation.likelihood import paired_difference
@@ -179,7 +194,7 @@ class PeriodicEvaluation(L.Callback):
             "seconds": round(seconds, 1),
             "num_parameters": sum(p.numel() for p in pl_module.model.parameters()),
             "model": pl_module.hparams.model_name_or_path,
-            **cache,
+            **fields,
             **results.summary(),
         }
         if results.nll_values:
@@ -221,7 +236,8 @@ class PeriodicEvaluation(L.Callback):
         size = torch.tensor(float(batch["input_ids"].shape[0]), device=pl_module.device)
         self.examples_seen += int(trainer.strategy.reduce(size, reduce_op="sum").item())
         if self.examples_seen // self.every_n_examples > seen // self.every_n_examples:
-            self.evaluate(trainer, pl_module)
+            last = 0 < trainer.max_steps <= trainer.global_step
+            self.evaluate(trainer, pl_module, interim=self.interim_suites is not None and not last)
         elif (every := self.likelihood_every_n_examples) and self.examples_seen // every > seen // every:
             self.evaluate(trainer, pl_module, kinds=("likelihood",))
 
@@ -229,7 +245,7 @@ class PeriodicEvaluation(L.Callback):
         if not self.at_end:
             return
         last = self.history[-1] if self.history else None
-        if last is None or last["step"] != trainer.global_step:
+        if last is None or last["step"] != trainer.global_step or last.get("interim"):
             self.evaluate(trainer, pl_module)
         elif not last["scores"] and self._evaluator_for(pl_module).items():  # the likelihood ran at this step
             self.evaluate(trainer, pl_module, kinds=("generation",))

@@ -130,6 +130,7 @@ class OnPolicyDistillation(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.prepare(trainer.datamodule, pl_module.hparams.model_name_or_path)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="on-policy-teacher")
 
     def prepare(self, datamodule: L.LightningDataModule, student: str) -> None:
         """Build the encoder, the question pool, the aligner and the teacher from a data module and the
@@ -148,7 +149,6 @@ class OnPolicyDistillation(L.Callback):
         self.aligner = Aligner(settings)
         # the same specs as `distill --score`: local:PATH_OR_ID in process, openai:MODEL through base_url
         self.scorer = build_teacher(self.teacher, self.base_url, api_key_env=self.api_key_env, score=True)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="on-policy-teacher")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._pool is not None:
@@ -241,19 +241,23 @@ class OnPolicyDistillation(L.Callback):
 
     @torch.no_grad()
     def probe(self, pl_module: L.LightningModule, examples: list, losses: dict[str, Any], seed: int = 0):
-        """The teacher–student divergence on the student's own samples of ``examples`` (held-out questions):
-        ``{name: [value per kept sample]}``, each ``losses[name]`` (a `TopKDivergence`) on one sample's
-        tokens (a token mean), after `prepare`."""
+        """The teacher–student divergence on the student's own samples of ``examples`` (held-out questions),
+        after `prepare`: ``{name: {question id: value}}``, each ``losses[name]`` (a `TopKDivergence`) averaged
+        over the sample's positions that carry the teacher's distribution (one-hot positions, such as the EOS
+        the sample never drew, are left out)."""
         pending = sample_completions(
             pl_module.model, self.encoder, examples, self.data_format, self.temperature, self.max_new_tokens, seed
         )
         kept = [entry for entry in self._score(pending) if entry is not None]
-        values: dict[str, list[float]] = {name: [] for name in losses}
-        for example in self._encode(kept, examples):
+        values: dict[str, dict[str, float]] = {name: {} for name in losses}
+        for example, (_, sample) in zip(self._encode(kept, examples), kept, strict=True):
             batch = self._collate([example], pl_module.device)
             logits, targets = pl_module.logits(batch).float(), pl_module.targets(batch)
             for name, loss in losses.items():
-                values[name].append(float(loss.from_logits(logits, targets)))
+                position = loss.position_targets(targets)
+                counted = position["use"] & (targets["labels"] != IGNORE_INDEX)
+                if bool(counted.any()):
+                    values[name][sample["question_id"]] = float(loss.per_position(logits, position)[counted].mean())
         return values
 
     def _collate(self, examples: list[dict], device: torch.device) -> dict[str, Tensor]:
@@ -279,16 +283,8 @@ def sample_completions(
     prompts = [encoder.builder.build(e, data_format).prompt for e in examples]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        texts = generate(
-            model,
-            encoder.tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=len(prompts),
-            stop=SAMPLE_STOP,
-            progress=False,
-            temperature=temperature,
-        )
+        options = {"batch_size": len(prompts), "stop": SAMPLE_STOP, "progress": False, "temperature": temperature}
+        texts = generate(model, encoder.tokenizer, prompts, max_new_tokens=max_new_tokens, **options)
     texts = [cut_at_stop(text, TEACHER_STOPS).rstrip() for text in texts]
     kept = [(e, p, t) for e, p, t in zip(examples, prompts, texts) if t.strip()]
     return [{"question_id": e.id, "prompt": p, "completion": t} for e, p, t in kept]
