@@ -62,7 +62,7 @@ def test_the_divergence_table_gives_each_model_its_mean_and_its_paired_change_fr
     header, rows = probe_rows(probe, "untrained")
     assert header[0] == "| model | samples | reverse_kl |"
     assert rows[0] == "| untrained | 3 | 1.000 [1.000, 1.000] |"
-    assert rows[1].startswith("| arm | 2 | 0.300 [0.200, 0.400]; -0.700 [-0.800, -0.600] from untrained")
+    assert rows[1].startswith("| arm | 2 | 0.300 [0.200, 0.400]; -0.700 [-0.800, -0.600] from untrained (n=2)")
 
 
 def test_a_run_without_evaluations_fails_naming_the_file(tmp_path):

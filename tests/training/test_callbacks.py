@@ -217,3 +217,30 @@ def test_interim_evaluations_run_only_their_suites_and_the_last_runs_every_suite
         assert shape == [(0, False, full["nll"]), (1, True, []), (2, True, []), (3, False, full["nll"])]
     assert all("svamp_dev" in r["scores"] for r in records)
     assert "nll_change" in records[-1]  # against step 0's likelihoods, skipped by the interim evaluations
+
+
+def test_interim_suites_must_be_among_the_suites():
+    from specialight.evaluation.settings import EvalSettings
+    from specialight.training.callbacks import PeriodicEvaluation
+
+    with pytest.raises(ValueError, match="must be among settings.suites"):
+        PeriodicEvaluation(EvalSettings(suites=["gsm8k_dev"]), interim_suites=["mas_dev"])
+
+
+@pytest.mark.slow
+def test_a_selection_that_reads_a_suite_the_interim_evaluations_skip_is_refused_before_training(
+    tiny_gpt2_dir, data_dir, tmp_path
+):
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.evaluation.settings import EvalSettings
+    from specialight.training.callbacks import PeriodicEvaluation
+    from tests.helpers import quiet_trainer
+
+    settings = EvalSettings(suites=["gsm8k_dev", "mas_dev"], limit=1, max_new_tokens=2, data_dir=str(data_dir))
+    evaluation = PeriodicEvaluation(settings, every_n_examples=4, interim_suites=["mas_dev"])
+    selection = ModelSelection(monitor="eval/mas_dev", compare=["eval/gsm8k_dev"])
+    trainer = quiet_trainer(2, [evaluation, selection], default_root_dir=tmp_path)
+    datamodule = SpecializationDataModule(str(tiny_gpt2_dir), data_dir=str(data_dir), limit=4, batch_size=4)
+    with pytest.raises(ValueError, match=r"ModelSelection reads \['eval/gsm8k_dev'\]"):
+        trainer.fit(SpecializationModule(str(tiny_gpt2_dir)), datamodule)
+    assert not (tmp_path / "evaluations.jsonl").exists()  # refused before the step-0 evaluation

@@ -83,8 +83,8 @@ class FormatBuilder:
 
     Demonstrations for in-context formats are drawn from ``pool`` with an RNG seeded by
     ``(seed, example id, draw)``: the same example gets the same demonstrations on every run and in every
-    worker, and never itself nor an ``exclude`` id (the draw is extended past them, so the demonstrations that
-    avoid them are the ones drawn without ``exclude``).
+    worker, and never itself nor an ``exclude`` id: a draw that hits one keeps its other rows and tops them up
+    from a second RNG, so every draw that avoids ``exclude`` is the draw made without it.
     """
 
     def __init__(
@@ -96,9 +96,10 @@ class FormatBuilder:
         exclude: frozenset[str] = frozenset(),
     ) -> None:
         usable = [e for e in pool if e.rationale]
-        if num_demonstrations and len(usable) <= num_demonstrations:
+        allowed = sum(e.id not in exclude for e in usable)
+        if num_demonstrations and allowed <= num_demonstrations:
             raise DataError(
-                f"the demonstration pool has {len(usable)} examples with rationales; "
+                f"the demonstration pool has {allowed} examples with rationales (not excluded); "
                 f"{num_demonstrations} demonstrations need at least {num_demonstrations + 1}"
             )
         self.pool = usable
@@ -110,9 +111,13 @@ class FormatBuilder:
     def demonstrations(self, example_id: str, cot: bool, draw: int = 0) -> list[str]:
         """The k demonstration blocks (prompt + target) for one example."""
         rng = random.Random(f"{self.seed}:{example_id}:{draw}")
-        size = min(len(self.pool), self.num_demonstrations + 1 + len(self.exclude))
-        unwanted = self.exclude | {example_id}
-        picked = [e for e in rng.sample(self.pool, size) if e.id not in unwanted]
+        drawn = rng.sample(self.pool, self.num_demonstrations + 1)
+        picked = [e for e in drawn if e.id != example_id and e.id not in self.exclude]
+        if self.exclude and len(picked) < self.num_demonstrations:
+            taken = self.exclude | {example_id} | {e.id for e in drawn}
+            rest = [e for e in self.pool if e.id not in taken]
+            more = random.Random(f"{self.seed}:{example_id}:{draw}:more")
+            picked += more.sample(rest, self.num_demonstrations - len(picked))
         return [
             question_prompt(e.question, cot) + answer_target(e.answer, e.rationale if cot else None)
             for e in picked[: self.num_demonstrations]

@@ -87,7 +87,8 @@ def probe_rows(probe: dict[str, dict[str, dict[str, float]]], reference: str) ->
             base = probe.get(reference, {}).get(name, {})
             if model != reference and base.keys() & by_question.keys():
                 change = paired_difference(base, by_question)
-                cell += f"; {_span(change['mean'], change['low'], change['high'], 3)} from {reference}"
+                span = _span(change["mean"], change["low"], change["high"], 3)
+                cell += f"; {span} from {reference} (n={change['n']})"
             cells.append(cell)
         count = max((len(v) for v in values.values()), default=0)
         rows.append(f"| {model} | {count} | " + " | ".join(cells) + " |")

@@ -57,10 +57,10 @@ class PeriodicEvaluation(L.Callback):
         before_training: evaluate once before the first step.
         at_end: evaluate after the last step unless that step was just evaluated.
         likelihood_every_n_examples: cadence of the likelihood suites alone (None: with the others).
-        interim_suites: the suites of the evaluations between the first and the last (None: every suite).
-            The first and the last run every suite, so claims compare the same suites at both ends, while
-            the evaluations between them (which selection reads) cost only what they measure; a record of
-            such an evaluation says ``"interim": true``.
+        interim_suites: some of ``settings.suites``, the only ones evaluated between the first evaluation and
+            the last (None: every suite). The first and the last run every suite, so claims compare the same
+            suites at both ends, while the evaluations between them cost only what they measure; such a
+            record says ``"interim": true``. A `ModelSelection`'s metrics must be among them.
         cache_initial: keep the step-0 evaluation of the untouched model on disk and reuse it when a run
             evaluates the same weights with the same settings (`specialight.evaluation.result_cache`; off
             unless a config turns it on, as the reproduce and demo configs do).
@@ -76,6 +76,8 @@ class PeriodicEvaluation(L.Callback):
         cache_initial: bool = False,
         interim_suites: list[str] | None = None,
     ) -> None:
+        if interim_suites is not None and not set(interim_suites) <= set(settings.suites):
+            raise ValueError(f"interim_suites {interim_suites} must be among settings.suites {settings.suites}")
         self.settings, self.every_n_examples, self.interim_suites = settings, every_n_examples, interim_suites
         self.likelihood_every_n_examples = likelihood_every_n_examples
         self.before_training, self.at_end, self.cache_initial = before_training, at_end, cache_initial
@@ -217,6 +219,16 @@ class PeriodicEvaluation(L.Callback):
             self.evaluate(trainer, pl_module)
             self.checkpoint_step = None  # a later validate without a checkpoint is at the trainer's step
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.interim_suites is None:
+            return
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelSelection):
+                metrics = [callback.monitor, *callback.compare]
+                missing = [m for m in metrics if m.removeprefix("eval/") not in self.interim_suites]
+                if missing:
+                    raise ValueError(f"ModelSelection reads {missing}: add them to interim_suites")
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.clock = RunClock(first_step=trainer.global_step)
         folder = log_dir(trainer)
@@ -236,8 +248,8 @@ class PeriodicEvaluation(L.Callback):
         size = torch.tensor(float(batch["input_ids"].shape[0]), device=pl_module.device)
         self.examples_seen += int(trainer.strategy.reduce(size, reduce_op="sum").item())
         if self.examples_seen // self.every_n_examples > seen // self.every_n_examples:
-            last = 0 < trainer.max_steps <= trainer.global_step
-            self.evaluate(trainer, pl_module, interim=self.interim_suites is not None and not last)
+            between = bool(self.history) and not 0 < trainer.max_steps <= trainer.global_step
+            self.evaluate(trainer, pl_module, interim=self.interim_suites is not None and between)
         elif (every := self.likelihood_every_n_examples) and self.examples_seen // every > seen // every:
             self.evaluate(trainer, pl_module, kinds=("likelihood",))
 
