@@ -86,13 +86,15 @@ def test_mixed_formats_overlay_clears_per_format_batch_sizes(capsys):
 def test_reproduce_cpu_evaluates_the_full_dev_sets_at_start_middle_and_end(capsys):
     config = printed(capsys, ROOT / "configs" / "reproduce_cpu.yaml")
     evaluation = config["trainer"]["callbacks"][0]["init_args"]
-    # batches of <= 3,072 tokens hold 8 in-context or <= 15 zero-shot examples: one evaluation mid-run, no second
+    # batches of <= 3,072 tokens hold 8 in-context or <= 15 zero-shot examples: one evaluation mid-run, no second;
+    # it runs only what selection reads, the BBH suites run at both ends
     assert config["data"]["max_tokens_per_batch"] == 3072 and config["auto_precision"]
     steps, every = config["trainer"]["max_steps"], evaluation["every_n_examples"]
     assert evaluation["before_training"] and steps * 8 > every and 2 * every > steps * 15
     settings = evaluation["settings"]
     assert settings["limit"] is None and not {"gsm8k_dev", "mas_dev"} & set(settings["limits"])
     assert {"bbh_ao", "bbh_cot", "nll_gsm8k_dev_zero_shot", "nll_bbh_cot"} <= set(settings["suites"])
+    assert set(evaluation["interim_suites"]) == {"gsm8k_dev", "mas_dev", "nll_gsm8k_dev_zero_shot"}
 
 
 @pytest.mark.parametrize("arm", ["in_context_only", "zero_shot_only"])
