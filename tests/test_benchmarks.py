@@ -40,3 +40,11 @@ def test_gpu_benchmark_dry_run_measures_every_part_on_a_cpu(capsys):
     assert 0 < decode["fraction_of_bound"] < 1 and decode["bytes_per_step"] > 0
     for name in ("train_smollm2", "train_t5_base"):
         assert result[name]["tokens_per_s"] > 0 and 0 < result[name]["mfu"] < 1
+
+
+def test_train_throughput_recipe_arm_trains_as_the_reproduce_config():
+    """The recipe arm reads configs/reproduce_cpu.yaml: no gradient checkpointing, its auto precision here."""
+    from benchmarks import train_throughput
+    from specialight.training.cli import native_precision
+
+    assert train_throughput.recipe_settings() == (False, native_precision("cpu"))
