@@ -48,3 +48,17 @@ def test_train_throughput_recipe_arm_trains_as_the_reproduce_config():
     from specialight.training.cli import native_precision
 
     assert train_throughput.recipe_settings() == (False, native_precision("cpu"))
+
+
+def test_eval_autocast_benchmark_compares_identical_completions(monkeypatch, capsys):
+    import json
+
+    from benchmarks import eval_autocast
+
+    argv = ["eval_autocast.py", "--examples", "3", "--max-new-tokens", "3", "--batch-size", "2", "--layers", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert eval_autocast.main() == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["identical"] == figures["examples"] == 3
+    assert figures["held_vs_per_forward"] > 0
+    assert generation.held.__name__ == "held"  # the previous way's patch is undone

@@ -64,7 +64,20 @@ def context_length(config) -> int | None:
     return None
 
 
-@torch.inference_mode()
+def held(context: Callable[[], contextlib.AbstractContextManager], hold: bool = True) -> contextlib.ExitStack:
+    """``context`` entered once around a whole call (``hold``), under ``torch.no_grad``. Under autocast this
+    casts each weight to the low precision once per call rather than once per forward pass: autocast keeps
+    its casts of leaf parameters until its outermost context exits, but only outside inference mode, hence
+    no_grad (a bf16 decode step on a 2-core CPU: 9.1 s against 12.4 s for 48 tokens of 32 prompts). The
+    per-forward ``with context()`` inside nests at no cost. Not for CUDA graphs, which must not read casts
+    made outside their capture (`specialight.evaluation.static`)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    if hold:
+        stack.enter_context(context())
+    return stack
+
+
 def generate(
     model,
     tokenizer,
@@ -107,13 +120,14 @@ def generate(
     model.eval()
     bar = tqdm(total=len(prompts), desc=description, unit="ex", disable=not progress, leave=False)
     try:
-        for prefix, group in prefix_clusters(encoded, MIN_SHARED_PREFIX if own_loop and share_prefix else None):
-            cache = decoder.prefill(encoded[group[0]][:prefix]) if prefix else None
-            for rows in batches(group, encoded, limits, prefix, batch_size):
-                new = run([encoded[i] for i in rows], prefix, cache, limits[rows[0]])
-                for i, ids in zip(rows, new, strict=True):
-                    completions[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
-                bar.update(len(rows))
+        with held(context, hold=not static):
+            for prefix, group in prefix_clusters(encoded, MIN_SHARED_PREFIX if own_loop and share_prefix else None):
+                cache = decoder.prefill(encoded[group[0]][:prefix]) if prefix else None
+                for rows in batches(group, encoded, limits, prefix, batch_size):
+                    new = run([encoded[i] for i in rows], prefix, cache, limits[rows[0]])
+                    for i, ids in zip(rows, new, strict=True):
+                        completions[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+                    bar.update(len(rows))
     finally:
         bar.close()
         model.train(was_training)

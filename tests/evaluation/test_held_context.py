@@ -1,0 +1,83 @@
+"""Evaluation holds the caller's autocast open for a whole call: each weight is cast once per call, the
+outputs are those of a cast at every forward pass, and a weight changed between calls is read anew."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from specialight.evaluation import generation
+from specialight.evaluation.generation import generate
+from specialight.evaluation.likelihood import ReferenceText, token_nlls
+
+PROMPTS = ["Q: What is 2 + 3?\nA:", "Q: Name a colour.\nA:", "Q: How many legs has a cat?\nA:"]
+TEXTS = [ReferenceText("nll_test", str(i), prompt, " five apples and a pear") for i, prompt in enumerate(PROMPTS)]
+
+
+def _bf16() -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def _tiny_llama(vocabulary: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocabulary,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.5,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _weight_casts(run) -> int:
+    """Casts of a ``[64, 32]`` tensor (the MLP's gate and up weights, 2 per layer) while ``run()`` runs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    return sum(1 for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [[64, 32]])
+
+
+def _unheld(monkeypatch) -> None:
+    """Evaluation as before the hold: the context entered around each forward pass only."""
+    real = generation.held
+    monkeypatch.setattr(generation, "held", lambda context, hold=True: real(context, hold=False))
+    monkeypatch.setattr("specialight.evaluation.likelihood.held", lambda context, hold=True: real(context, False))
+
+
+def test_a_held_autocast_casts_each_weight_once_per_call(gpt2_tokenizer, monkeypatch):
+    model = _tiny_llama(len(gpt2_tokenizer))
+    generating = lambda: generate(model, gpt2_tokenizer, PROMPTS, 6, 2, progress=False, context=_bf16)  # noqa: E731
+    scoring = lambda: token_nlls(model, gpt2_tokenizer, TEXTS, 2, progress=False, context=_bf16)  # noqa: E731
+    assert _weight_casts(generating) == 4  # 2 layers x (gate, up), over 2 batches x 6 forward passes
+    assert _weight_casts(scoring) == 4
+    _unheld(monkeypatch)
+    assert _weight_casts(generating) > 20
+    assert _weight_casts(scoring) >= 8
+
+
+def test_a_held_autocast_gives_the_outputs_of_a_cast_at_every_forward(gpt2_tokenizer, monkeypatch):
+    model = _tiny_llama(len(gpt2_tokenizer))
+    held = generate(model, gpt2_tokenizer, PROMPTS, 8, 2, progress=False, context=_bf16)
+    held_nlls = token_nlls(model, gpt2_tokenizer, TEXTS, 2, progress=False, context=_bf16)
+    _unheld(monkeypatch)
+    assert generate(model, gpt2_tokenizer, PROMPTS, 8, 2, progress=False, context=_bf16) == held
+    assert token_nlls(model, gpt2_tokenizer, TEXTS, 2, progress=False, context=_bf16) == pytest.approx(held_nlls)
+
+
+def test_a_weight_changed_between_calls_is_cast_anew(gpt2_tokenizer):
+    model = _tiny_llama(len(gpt2_tokenizer))
+    before = token_nlls(model, gpt2_tokenizer, TEXTS, 3, progress=False, context=_bf16)
+    with torch.no_grad():  # as an optimizer step changes the weights in place between two evaluations
+        for parameter in model.model.layers[0].mlp.parameters():
+            parameter.mul_(3.0)
+    after = token_nlls(model, gpt2_tokenizer, TEXTS, 3, progress=False, context=_bf16)
+    fresh = token_nlls(copy.deepcopy(model), gpt2_tokenizer, TEXTS, 3, progress=False, context=_bf16)
+    assert after == pytest.approx(fresh)
+    assert after != pytest.approx(before)
