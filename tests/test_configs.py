@@ -85,7 +85,10 @@ def test_mixed_formats_overlay_clears_per_format_batch_sizes(capsys):
 
 def test_reproduce_cpu_evaluates_the_full_dev_sets_at_start_middle_and_end(capsys):
     config = printed(capsys, ROOT / "configs" / "reproduce_cpu.yaml")
-    evaluation = config["trainer"]["callbacks"][0]["init_args"]
+    classes = [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"]]
+    evaluation = config["trainer"]["callbacks"][classes.index("PeriodicEvaluation")]["init_args"]
+    # the time guard's clock starts before the step-0 evaluation (tests/training/test_callbacks.py)
+    assert classes.index("TimeBudget") < classes.index("PeriodicEvaluation")
     # batches of <= 3,072 tokens hold 8 in-context or <= 15 zero-shot examples: one evaluation mid-run, no second;
     # it runs only what selection reads, the BBH suites run at both ends
     assert config["data"]["max_tokens_per_batch"] == 3072 and config["auto_precision"]

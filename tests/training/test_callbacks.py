@@ -1,10 +1,11 @@
 import json
+import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 
-from specialight.training.callbacks import ModelSelection
+from specialight.training.callbacks import ModelSelection, TimeBudget
 from specialight.training.module import SpecializationModule
 
 
@@ -244,3 +245,29 @@ def test_a_selection_that_reads_a_suite_the_interim_evaluations_skip_is_refused_
     with pytest.raises(ValueError, match=r"ModelSelection reads \['eval/gsm8k_dev'\]"):
         trainer.fit(SpecializationModule(str(tiny_gpt2_dir)), datamodule)
     assert not (tmp_path / "evaluations.jsonl").exists()  # refused before the step-0 evaluation
+
+
+class _SlowStart(L.Callback):
+    """Stands for PeriodicEvaluation's step-0 evaluation, which runs in ``on_train_start``."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        time.sleep(1.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("timer_first", [True, False])
+def test_a_time_budget_listed_first_counts_the_step_0_evaluation(timer_first, tmp_path):
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    callbacks = [TimeBudget(minutes=1 / 60), _SlowStart()]
+    trainer = L.Trainer(
+        max_steps=5,
+        callbacks=callbacks if timer_first else callbacks[::-1],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(BoringModel())
+    assert trainer.global_step == (1 if timer_first else 5)  # first: out of time after the first step

@@ -18,7 +18,8 @@ second run with the same model and suites copies its files and scores instead of
 in the log, and marks the record ``"cache": "hit"`` with its ``cache_key`` (a first run: ``"miss"``).
 
 `ModelSelection` (`specialight.training.selection`, importable from here as the configs name it) keeps the
-best checkpoint and writes the selection table.
+best checkpoint and writes the selection table. `TimeBudget` stops training after a number of minutes that
+counts the step-0 evaluation.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import functools
 import json
 import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.trainer.states import TrainerFn
 
 from specialight.core.constants import EVALUATIONS_FILE
@@ -43,7 +46,7 @@ from specialight.evaluation.tables import format_table
 from specialight.training.progress import RunClock, leave_out_of_throughput, log_dir
 from specialight.training.selection import ModelSelection
 
-__all__ = ["ModelSelection", "PeriodicEvaluation", "log_dir"]
+__all__ = ["ModelSelection", "PeriodicEvaluation", "TimeBudget", "log_dir"]
 logger = logging.getLogger(__name__)
 
 
@@ -261,3 +264,17 @@ class PeriodicEvaluation(L.Callback):
             self.evaluate(trainer, pl_module)
         elif not last["scores"] and self._evaluator_for(pl_module).items():  # the likelihood ran at this step
             self.evaluate(trainer, pl_module, kinds=("generation",))
+
+
+class TimeBudget(Timer):
+    """Stop training after the step that ends ``minutes`` after training started, the evaluations before and
+    between steps included: Lightning's `Timer` counted in minutes. Listed before `PeriodicEvaluation` it
+    counts the step-0 evaluation (``trainer.max_time`` starts its clock after every configured callback's
+    ``on_train_start``, so that evaluation would go uncounted). The last evaluation runs after training stops
+    (``on_train_end``): leave its minutes outside the budget. Its clock is saved in checkpoints and goes on
+    when a run resumes."""
+
+    def __init__(self, minutes: float) -> None:
+        if minutes <= 0:
+            raise ValueError(f"TimeBudget: minutes must be positive, got {minutes}")
+        super().__init__(duration=timedelta(minutes=minutes), interval="step", verbose=True)
