@@ -4,7 +4,7 @@ Autocast casts each fp32 weight to bf16 when a matrix product reads it and keeps
 outermost context exits, but only outside inference mode. The evaluator used to enter Lightning's precision
 context around each forward pass under ``torch.inference_mode``: every decode step cast every weight again.
 Today `generate` and `token_nlls` hold the context for the whole call under ``torch.no_grad``
-(`specialight.evaluation.generation.held`). Both arms run here on the same model (the real
+(`specialight.evaluation.mode.evaluating`). Both arms run here on the same model (the real
 SmolLM2-135M-Instruct by default) and prompts (a math suite's 4-shot CoT prompts, greedy), each timed
 twice, the better kept; the script exits with status 1 where any completion differs. The last line is JSON
 with ``held_vs_per_forward`` (examples/s of today's against the previous way).
@@ -37,14 +37,14 @@ def bf16() -> torch.autocast:
 def per_forward():
     """`generate` as before: inference mode, the context entered around each forward pass only."""
     from specialight.evaluation import generation
+    from specialight.evaluation.mode import evaluating
 
-    real = generation.held
-    generation.held = lambda context, hold=True: real(context, hold=False)
+    generation.evaluating = lambda model, context, hold=True: evaluating(model, context, hold=False)
     try:
         with torch.inference_mode():
             yield
     finally:
-        generation.held = real
+        generation.evaluating = evaluating
 
 
 def main() -> int:

@@ -61,4 +61,4 @@ def test_eval_autocast_benchmark_compares_identical_completions(monkeypatch, cap
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["identical"] == figures["examples"] == 3
     assert figures["held_vs_per_forward"] > 0
-    assert generation.held.__name__ == "held"  # the previous way's patch is undone
+    assert generation.evaluating.__name__ == "evaluating"  # the previous way's patch is undone

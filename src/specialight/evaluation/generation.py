@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from specialight.data.stops import EVALUATION_STOP, cut_at_stop
 from specialight.evaluation.batching import MIN_SHARED_PREFIX, batches, prefix_clusters
 from specialight.evaluation.cache import reserve
+from specialight.evaluation.mode import evaluating
 from specialight.evaluation.sizing import memory_batch
 from specialight.evaluation.static import StaticDecoder
 
@@ -64,20 +65,6 @@ def context_length(config) -> int | None:
     return None
 
 
-def held(context: Callable[[], contextlib.AbstractContextManager], hold: bool = True) -> contextlib.ExitStack:
-    """``context`` entered once around a whole call (``hold``), under ``torch.no_grad``. Under autocast this
-    casts each weight to the low precision once per call rather than once per forward pass: autocast keeps
-    its casts of leaf parameters until its outermost context exits, but only outside inference mode, hence
-    no_grad (a bf16 decode step on a 2-core CPU: 9.1 s against 12.4 s for 48 tokens of 32 prompts). The
-    per-forward ``with context()`` inside nests at no cost. Not for CUDA graphs, which must not read casts
-    made outside their capture (`specialight.evaluation.static`)."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.no_grad())
-    if hold:
-        stack.enter_context(context())
-    return stack
-
-
 def generate(
     model,
     tokenizer,
@@ -96,7 +83,8 @@ def generate(
     """Greedy completions of ``prompts`` (a per-prompt ``max_new_tokens`` list is allowed), or sampled ones
     at ``temperature`` > 0 (from torch's global generator: seed it, or fork it, for repeatable samples).
 
-    ``context`` wraps every forward pass (Lightning's precision context, for bf16 autocast).
+    ``context`` (Lightning's precision context, for bf16 autocast) wraps every forward pass and, unless
+    static, is held open for the whole call (`specialight.evaluation.mode`: each weight cast once).
     ``max_prompt_tokens`` keeps at most that many of a prompt's last tokens (its left edge is cut; a
     leading BOS is kept). A decoder-only prompt whose tokens plus budget exceed the model's positions
     raises ValueError rather than index past the position embeddings (`specialight.evaluation.context`
@@ -116,21 +104,15 @@ def generate(
     decoder = Decoder(model, tokenizer, stop, context, temperature)
     run = _batch_decoder(decoder, own_loop, static, encoder_decoder)
     completions: list[str] = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=len(prompts), desc=description, unit="ex", disable=not progress, leave=False)
-    try:
-        with held(context, hold=not static):
-            for prefix, group in prefix_clusters(encoded, MIN_SHARED_PREFIX if own_loop and share_prefix else None):
-                cache = decoder.prefill(encoded[group[0]][:prefix]) if prefix else None
-                for rows in batches(group, encoded, limits, prefix, batch_size):
-                    new = run([encoded[i] for i in rows], prefix, cache, limits[rows[0]])
-                    for i, ids in zip(rows, new, strict=True):
-                        completions[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
-                    bar.update(len(rows))
-    finally:
-        bar.close()
-        model.train(was_training)
+    with evaluating(model, context, hold=not static), bar:
+        for prefix, group in prefix_clusters(encoded, MIN_SHARED_PREFIX if own_loop and share_prefix else None):
+            cache = decoder.prefill(encoded[group[0]][:prefix]) if prefix else None
+            for rows in batches(group, encoded, limits, prefix, batch_size):
+                new = run([encoded[i] for i in rows], prefix, cache, limits[rows[0]])
+                for i, ids in zip(rows, new, strict=True):
+                    completions[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+                bar.update(len(rows))
     return completions
 
 

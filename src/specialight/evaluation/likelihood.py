@@ -38,7 +38,8 @@ from specialight.data.jsonl import read_jsonl
 from specialight.data.stops import EVALUATION_STOP
 from specialight.data.tasks import BBH_TASKS, DataError, load_bbh_prompt, load_examples, resolve_data_dir
 from specialight.evaluation.batching import MIN_SHARED_PREFIX, prefix_clusters
-from specialight.evaluation.generation import Decoder, context_length, cut_left, held
+from specialight.evaluation.generation import Decoder, context_length, cut_left
+from specialight.evaluation.mode import evaluating
 from specialight.evaluation.suites import bbh_query
 
 LIKELIHOOD_SUITES = tuple(f"nll_gsm8k_{s}_{p}" for s in ("dev", "heldout") for p in ("zero_shot", "in_context")) + (
@@ -150,26 +151,20 @@ def token_nlls(
     pairs = encode_pairs(tokenizer, texts, None if encoder_decoder else context_length(model.config))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results = [0.0] * len(pairs)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     decoder = Decoder(model, tokenizer, EVALUATION_STOP, context)
     minimum = None if encoder_decoder else MIN_SHARED_PREFIX
     bar = tqdm(total=len(pairs), desc="likelihood", unit="text", disable=not progress, leave=False)
-    try:
-        with held(context):  # each weight cast once per call under autocast
-            for prefix, group in prefix_clusters([prompt for prompt, _ in pairs], minimum):
-                cache = decoder.prefill(pairs[group[0]][0][:prefix]) if prefix else None
-                order = sorted(group, key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-                for rows in _batches(order, [len(pairs[i][1]) for i in order], batch_size, model.config):
-                    batch = [(pairs[i][0][prefix:], pairs[i][1]) for i in rows]
-                    values = _batch_nll(model, batch, pad, encoder_decoder, device, context, (prefix, cache, decoder))
-                    for row, value in zip(rows, values, strict=True):
-                        results[row] = value
-                    bar.update(len(rows))
-    finally:
-        bar.close()
-        model.train(was_training)
+    with evaluating(model, context), bar:  # each weight cast once per call under autocast
+        for prefix, group in prefix_clusters([prompt for prompt, _ in pairs], minimum):
+            cache = decoder.prefill(pairs[group[0]][0][:prefix]) if prefix else None
+            order = sorted(group, key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+            for rows in _batches(order, [len(pairs[i][1]) for i in order], batch_size, model.config):
+                batch = [(pairs[i][0][prefix:], pairs[i][1]) for i in rows]
+                values = _batch_nll(model, batch, pad, encoder_decoder, device, context, (prefix, cache, decoder))
+                for row, value in zip(rows, values, strict=True):
+                    results[row] = value
+                bar.update(len(rows))
     return results
 
 

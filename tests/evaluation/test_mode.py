@@ -8,9 +8,10 @@ import copy
 import pytest
 import torch
 
-from specialight.evaluation import generation
+from specialight.evaluation import generation, likelihood
 from specialight.evaluation.generation import generate
 from specialight.evaluation.likelihood import ReferenceText, token_nlls
+from specialight.evaluation.mode import evaluating
 
 PROMPTS = ["Q: What is 2 + 3?\nA:", "Q: Name a colour.\nA:", "Q: How many legs has a cat?\nA:"]
 TEXTS = [ReferenceText("nll_test", str(i), prompt, " five apples and a pear") for i, prompt in enumerate(PROMPTS)]
@@ -46,9 +47,9 @@ def _weight_casts(run) -> int:
 
 def _unheld(monkeypatch) -> None:
     """Evaluation as before the hold: the context entered around each forward pass only."""
-    real = generation.held
-    monkeypatch.setattr(generation, "held", lambda context, hold=True: real(context, hold=False))
-    monkeypatch.setattr("specialight.evaluation.likelihood.held", lambda context, hold=True: real(context, False))
+    unheld = lambda model, context, hold=True: evaluating(model, context, hold=False)  # noqa: E731
+    monkeypatch.setattr(generation, "evaluating", unheld)
+    monkeypatch.setattr(likelihood, "evaluating", unheld)
 
 
 def test_a_held_autocast_casts_each_weight_once_per_call(gpt2_tokenizer, monkeypatch):
@@ -81,3 +82,15 @@ def test_a_weight_changed_between_calls_is_cast_anew(gpt2_tokenizer):
     fresh = token_nlls(copy.deepcopy(model), gpt2_tokenizer, TEXTS, 3, progress=False, context=_bf16)
     assert after == pytest.approx(fresh)
     assert after != pytest.approx(before)
+
+
+def test_a_forward_with_gradients_after_evaluating_inside_an_open_autocast_trains_every_weight(gpt2_tokenizer):
+    model = _tiny_llama(len(gpt2_tokenizer))
+    ids = torch.tensor([gpt2_tokenizer.encode(PROMPTS[0])])
+    with _bf16():  # e.g. an evaluation called from inside a training step's precision context
+        generate(model, gpt2_tokenizer, PROMPTS, 4, 2, progress=False, context=_bf16)
+        token_nlls(model, gpt2_tokenizer, TEXTS, 2, progress=False, context=_bf16)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+    gate = model.model.layers[0].mlp.gate_proj.weight
+    assert gate.grad is not None and gate.grad.abs().sum() > 0
