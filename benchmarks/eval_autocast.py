@@ -1,9 +1,10 @@
 """Evaluation under bf16 autocast: the caller's autocast held for the whole call against entered per forward.
 
-Autocast casts each fp32 weight to bf16 when a matrix product reads it and keeps the cast until its
-outermost context exits, but only outside inference mode. The evaluator used to enter Lightning's precision
-context around each forward pass under ``torch.inference_mode``: every decode step cast every weight again.
-Today `generate` and `token_nlls` hold the context for the whole call under ``torch.no_grad``
+Autocast casts each fp32 weight to bf16 when a matrix product reads it; it can keep the cast until its
+outermost context exits, but Lightning's precision context opens it with the cache off, and inference mode
+never caches. The evaluator used to enter that context around each forward pass under
+``torch.inference_mode``: every decode step cast every weight again. Today `generate` and `token_nlls`
+enter it once per call under ``torch.no_grad`` with one more autocast whose cache is on
 (`specialight.evaluation.mode.evaluating`). Both arms run here on the same model (the real
 SmolLM2-135M-Instruct by default) and prompts (a math suite's 4-shot CoT prompts, greedy), each timed
 twice, the better kept; the script exits with status 1 where any completion differs. The last line is JSON
@@ -29,8 +30,11 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
 
-def bf16() -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+def bf16():
+    """The context the evaluation callback passes under bf16-mixed: Lightning's (its cast cache off)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return MixedPrecision("bf16-mixed", "cpu").forward_context()
 
 
 @contextlib.contextmanager

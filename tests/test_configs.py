@@ -89,11 +89,12 @@ def test_reproduce_cpu_evaluates_the_full_dev_sets_at_start_middle_and_end(capsy
     evaluation = config["trainer"]["callbacks"][classes.index("PeriodicEvaluation")]["init_args"]
     # the time guard's clock starts before the step-0 evaluation (tests/training/test_callbacks.py)
     assert classes.index("TimeBudget") < classes.index("PeriodicEvaluation")
-    # batches of <= 3,072 tokens hold 8 in-context or <= 15 zero-shot examples: one evaluation mid-run, no second;
-    # it runs only what selection reads, the BBH suites run at both ends
+    # batches of <= 3,072 tokens hold >= 8 examples: the first evaluation mid-run falls in the first two thirds
+    # of the steps, which a slower CPU reaches within its time budget; it runs only what selection reads, the
+    # BBH suites run at both ends
     assert config["data"]["max_tokens_per_batch"] == 3072 and config["auto_precision"]
     steps, every = config["trainer"]["max_steps"], evaluation["every_n_examples"]
-    assert evaluation["before_training"] and steps * 8 > every and 2 * every > steps * 15
+    assert evaluation["before_training"] and 3 * every <= 2 * steps * 8
     settings = evaluation["settings"]
     assert settings["limit"] is None and not {"gsm8k_dev", "mas_dev"} & set(settings["limits"])
     assert {"bbh_ao", "bbh_cot", "nll_gsm8k_dev_zero_shot", "nll_bbh_cot"} <= set(settings["suites"])

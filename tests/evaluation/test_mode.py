@@ -3,6 +3,7 @@ outputs are those of a cast at every forward pass, and a weight changed between 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -17,8 +18,12 @@ PROMPTS = ["Q: What is 2 + 3?\nA:", "Q: Name a colour.\nA:", "Q: How many legs h
 TEXTS = [ReferenceText("nll_test", str(i), prompt, " five apples and a pear") for i, prompt in enumerate(PROMPTS)]
 
 
-def _bf16() -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+def _bf16():
+    """The context `PeriodicEvaluation` passes under bf16-mixed on a CPU: Lightning's, whose autocast keeps
+    no casts (``cache_enabled=False``)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return MixedPrecision("bf16-mixed", "cpu").forward_context()
 
 
 def _tiny_llama(vocabulary: int):
@@ -87,10 +92,22 @@ def test_a_weight_changed_between_calls_is_cast_anew(gpt2_tokenizer):
 def test_a_forward_with_gradients_after_evaluating_inside_an_open_autocast_trains_every_weight(gpt2_tokenizer):
     model = _tiny_llama(len(gpt2_tokenizer))
     ids = torch.tensor([gpt2_tokenizer.encode(PROMPTS[0])])
-    with _bf16():  # e.g. an evaluation called from inside a training step's precision context
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # e.g. an evaluation inside a training step's own autocast
         generate(model, gpt2_tokenizer, PROMPTS, 4, 2, progress=False, context=_bf16)
         token_nlls(model, gpt2_tokenizer, TEXTS, 2, progress=False, context=_bf16)
         model.train()
         model(input_ids=ids, labels=ids).loss.backward()
     gate = model.model.layers[0].mlp.gate_proj.weight
     assert gate.grad is not None and gate.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluating_restores_the_training_mode_also_on_an_error(training):
+    model = _tiny_llama(64).train(training)
+    with evaluating(model, _bf16) as per_forward:
+        assert not model.training and not torch.is_grad_enabled() and per_forward is contextlib.nullcontext
+    assert model.training is training and torch.is_grad_enabled()
+    with pytest.raises(RuntimeError, match="boom"), evaluating(model, _bf16, hold=False) as per_forward:
+        assert per_forward is _bf16
+        raise RuntimeError("boom")
+    assert model.training is training and torch.is_grad_enabled()

@@ -1,4 +1,5 @@
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -191,7 +192,7 @@ class _StopAfter(L.Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stopped_early", [False, True])
+@pytest.mark.parametrize("stopped_early", [None, "after", "before"])
 def test_interim_evaluations_run_only_their_suites_and_the_last_runs_every_suite(
     tiny_gpt2_dir, data_dir, tmp_path, stopped_early
 ):
@@ -203,8 +204,8 @@ def test_interim_evaluations_run_only_their_suites_and_the_last_runs_every_suite
     settings = EvalSettings(suites=["svamp_dev", "nll_gsm8k_dev_zero_shot"], limit=2, max_new_tokens=3)
     settings.data_dir = str(data_dir)
     evaluation = PeriodicEvaluation(settings, every_n_examples=4, interim_suites=["svamp_dev"])
-    callbacks = [evaluation, _StopAfter(2)] if stopped_early else [evaluation]
-    trainer = quiet_trainer(3, callbacks, default_root_dir=tmp_path)
+    callbacks = {None: [evaluation], "after": [evaluation, _StopAfter(2)], "before": [_StopAfter(2), evaluation]}
+    trainer = quiet_trainer(3, callbacks[stopped_early], default_root_dir=tmp_path)
     datamodule = SpecializationDataModule(
         str(tiny_gpt2_dir), data_dir=str(data_dir), limit=16, batch_size=4, formats={"zero_shot_cot": 1.0}
     )
@@ -212,7 +213,9 @@ def test_interim_evaluations_run_only_their_suites_and_the_last_runs_every_suite
     records = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
     full = {"scores": ["svamp_dev"], "nll": ["nll_gsm8k_dev_zero_shot"]}
     shape = [(r["step"], bool(r.get("interim")), sorted(r.get("nll", {}))) for r in records]
-    if stopped_early:  # the step evaluated as interim is evaluated again, whole, at the end
+    if stopped_early == "before":  # the stop is seen: the step it ends is evaluated once, whole
+        assert shape == [(0, False, full["nll"]), (1, True, []), (2, False, full["nll"])]
+    elif stopped_early:  # the step evaluated as interim is evaluated again, whole, at the end
         assert shape == [(0, False, full["nll"]), (1, True, []), (2, True, []), (2, False, full["nll"])]
     else:  # the evaluation at max_steps is the last: whole
         assert shape == [(0, False, full["nll"]), (1, True, []), (2, True, []), (3, False, full["nll"])]
@@ -245,6 +248,30 @@ def test_a_selection_that_reads_a_suite_the_interim_evaluations_skip_is_refused_
     with pytest.raises(ValueError, match=r"ModelSelection reads \['eval/gsm8k_dev'\]"):
         trainer.fit(SpecializationModule(str(tiny_gpt2_dir)), datamodule)
     assert not (tmp_path / "evaluations.jsonl").exists()  # refused before the step-0 evaluation
+
+
+@pytest.mark.slow
+def test_an_interim_evaluation_that_would_outlast_the_time_budget_is_skipped(
+    tiny_gpt2_dir, data_dir, tmp_path, monkeypatch, caplog
+):
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.evaluation.settings import EvalSettings
+    from specialight.training.callbacks import PeriodicEvaluation
+    from tests.helpers import quiet_trainer
+
+    settings = EvalSettings(suites=["svamp_dev"], limit=2, max_new_tokens=3, data_dir=str(data_dir))
+    evaluation = PeriodicEvaluation(settings, every_n_examples=4, interim_suites=["svamp_dev"])
+    budget = TimeBudget(minutes=60)
+    monkeypatch.setattr(budget, "time_remaining", lambda stage=None: 0.0)  # a budget nearly spent
+    trainer = quiet_trainer(3, [budget, evaluation], default_root_dir=tmp_path)
+    datamodule = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), limit=16, batch_size=4, formats={"zero_shot_cot": 1.0}
+    )
+    with caplog.at_level(logging.INFO, logger="specialight.training.callbacks"):
+        trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
+    records = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    assert [(r["step"], bool(r.get("interim"))) for r in records] == [(0, False), (3, False)]
+    assert "step 1: evaluation skipped" in caplog.text and "step 2: evaluation skipped" in caplog.text
 
 
 class _SlowStart(L.Callback):

@@ -101,11 +101,11 @@ def generate(
     encoded = _encode(tokenizer, prompts, max_prompt_tokens)
     _check_positions(model.config, encoded, limits, encoder_decoder)
     own_loop, static, batch_size = _plan(model, encoded, limits, batch_size, False if temperature > 0 else static)
-    decoder = Decoder(model, tokenizer, stop, context, temperature)
-    run = _batch_decoder(decoder, own_loop, static, encoder_decoder)
     completions: list[str] = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=description, unit="ex", disable=not progress, leave=False)
-    with evaluating(model, context, hold=not static), bar:
+    shown = {"desc": description, "unit": "ex", "disable": not progress, "leave": False}
+    with evaluating(model, context, hold=not static) as per_forward, tqdm(total=len(prompts), **shown) as bar:
+        decoder = Decoder(model, tokenizer, stop, per_forward, temperature)
+        run = _batch_decoder(decoder, own_loop, static, encoder_decoder)
         for prefix, group in prefix_clusters(encoded, MIN_SHARED_PREFIX if own_loop and share_prefix else None):
             cache = decoder.prefill(encoded[group[0]][:prefix]) if prefix else None
             for rows in batches(group, encoded, limits, prefix, batch_size):

@@ -152,16 +152,16 @@ def token_nlls(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results = [0.0] * len(pairs)
     device = next(model.parameters()).device
-    decoder = Decoder(model, tokenizer, EVALUATION_STOP, context)
     minimum = None if encoder_decoder else MIN_SHARED_PREFIX
-    bar = tqdm(total=len(pairs), desc="likelihood", unit="text", disable=not progress, leave=False)
-    with evaluating(model, context), bar:  # each weight cast once per call under autocast
+    shown = {"desc": "likelihood", "unit": "text", "disable": not progress, "leave": False}
+    with evaluating(model, context) as per_forward, tqdm(total=len(pairs), **shown) as bar:  # weights cast once
+        decoder = Decoder(model, tokenizer, EVALUATION_STOP, per_forward)
         for prefix, group in prefix_clusters([prompt for prompt, _ in pairs], minimum):
             cache = decoder.prefill(pairs[group[0]][0][:prefix]) if prefix else None
             order = sorted(group, key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
             for rows in _batches(order, [len(pairs[i][1]) for i in order], batch_size, model.config):
                 batch = [(pairs[i][0][prefix:], pairs[i][1]) for i in rows]
-                values = _batch_nll(model, batch, pad, encoder_decoder, device, context, (prefix, cache, decoder))
+                values = _batch_nll(model, batch, pad, encoder_decoder, device, per_forward, (prefix, cache, decoder))
                 for row, value in zip(rows, values, strict=True):
                     results[row] = value
                 bar.update(len(rows))

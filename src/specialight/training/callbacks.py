@@ -18,8 +18,9 @@ second run with the same model and suites copies its files and scores instead of
 in the log, and marks the record ``"cache": "hit"`` with its ``cache_key`` (a first run: ``"miss"``).
 
 `ModelSelection` (`specialight.training.selection`, importable from here as the configs name it) keeps the
-best checkpoint and writes the selection table. `TimeBudget` stops training after a number of minutes that
-counts the step-0 evaluation.
+best checkpoint and writes the selection table; `TimeBudget` (`specialight.training.progress`, importable
+from here too) stops training after a number of minutes that counts the step-0 evaluation, and with one an
+evaluation between the first and the last that would outlast it is skipped.
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ import functools
 import json
 import logging
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.trainer.states import TrainerFn
 
 from specialight.core.constants import EVALUATIONS_FILE
@@ -43,7 +42,7 @@ from specialight.evaluation.evaluator import Evaluator
 from specialight.evaluation.results import Results
 from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.tables import format_table
-from specialight.training.progress import RunClock, leave_out_of_throughput, log_dir
+from specialight.training.progress import RunClock, TimeBudget, leave_out_of_throughput, log_dir
 from specialight.training.selection import ModelSelection
 
 __all__ = ["ModelSelection", "PeriodicEvaluation", "TimeBudget", "log_dir"]
@@ -251,10 +250,32 @@ class PeriodicEvaluation(L.Callback):
         size = torch.tensor(float(batch["input_ids"].shape[0]), device=pl_module.device)
         self.examples_seen += int(trainer.strategy.reduce(size, reduce_op="sum").item())
         if self.examples_seen // self.every_n_examples > seen // self.every_n_examples:
-            between = bool(self.history) and not 0 < trainer.max_steps <= trainer.global_step
-            self.evaluate(trainer, pl_module, interim=self.interim_suites is not None and between)
+            # a callback listed before this one (TimeBudget) may have ended training at this step: the last
+            last = trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+            between = bool(self.history) and not last
+            if not between or self._fits_budget(trainer):
+                self.evaluate(trainer, pl_module, interim=self.interim_suites is not None and between)
         elif (every := self.likelihood_every_n_examples) and self.examples_seen // every > seen // every:
             self.evaluate(trainer, pl_module, kinds=("likelihood",))
+
+    def _fits_budget(self, trainer: L.Trainer) -> bool:
+        """Whether an evaluation between the first and the last ends within a `TimeBudget`'s time left (as
+        long as the last such evaluation took, else the first): one that would not is skipped and logged, so
+        that the last evaluation, after training stops, does not start late. The same on every rank."""
+        budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+        left = budget.time_remaining() if budget is not None else None
+        if left is None:
+            return True
+        needed = ([r for r in self.history if r.get("interim")] or self.history)[-1]["seconds"]
+        fits = bool(trainer.strategy.broadcast(left >= needed, src=0))
+        if not fits:
+            logger.info(
+                "step %d: evaluation skipped, %.1f min left of the time budget and it takes ~%.1f",
+                trainer.global_step,
+                left / 60,
+                needed / 60,
+            )
+        return fits
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.at_end:
@@ -264,17 +285,3 @@ class PeriodicEvaluation(L.Callback):
             self.evaluate(trainer, pl_module)
         elif not last["scores"] and self._evaluator_for(pl_module).items():  # the likelihood ran at this step
             self.evaluate(trainer, pl_module, kinds=("generation",))
-
-
-class TimeBudget(Timer):
-    """Stop training after the step that ends ``minutes`` after training started, the evaluations before and
-    between steps included: Lightning's `Timer` counted in minutes. Listed before `PeriodicEvaluation` it
-    counts the step-0 evaluation (``trainer.max_time`` starts its clock after every configured callback's
-    ``on_train_start``, so that evaluation would go uncounted). The last evaluation runs after training stops
-    (``on_train_end``): leave its minutes outside the budget. Its clock is saved in checkpoints and goes on
-    when a run resumes."""
-
-    def __init__(self, minutes: float) -> None:
-        if minutes <= 0:
-            raise ValueError(f"TimeBudget: minutes must be positive, got {minutes}")
-        super().__init__(duration=timedelta(minutes=minutes), interval="step", verbose=True)

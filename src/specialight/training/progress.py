@@ -1,15 +1,17 @@
 """Where a run is and where it writes: its folder (`log_dir`), its expected remaining time, evaluations
-included (Lightning's bar counts training only), and evaluations left out of the training throughput."""
+included (Lightning's bar counts training only), evaluations left out of the training throughput, and a time
+budget that counts the step-0 evaluation (`TimeBudget`)."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ThroughputMonitor, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import RunningStage
 
@@ -87,3 +89,18 @@ def leave_out_of_throughput(trainer: L.Trainer, started: float, seconds: float) 
             clock = callback._t0s.get(RunningStage.TRAINING)
             if clock is not None and clock <= started:
                 callback._t0s[RunningStage.TRAINING] = clock + seconds
+
+
+class TimeBudget(Timer):
+    """Stop training after the step that ends ``minutes`` after training started, the evaluations before and
+    between steps included: Lightning's `Timer` counted in minutes. Listed before `PeriodicEvaluation` it
+    counts the step-0 evaluation (``trainer.max_time`` starts its clock after every configured callback's
+    ``on_train_start``, so that evaluation would go uncounted). The last evaluation runs after training stops
+    (``on_train_end``): leave its minutes outside the budget; `PeriodicEvaluation` skips an evaluation between
+    the first and the last that would outlast it. Its clock is saved in checkpoints and goes on when a run
+    resumes."""
+
+    def __init__(self, minutes: float) -> None:
+        if minutes <= 0:
+            raise ValueError(f"TimeBudget: minutes must be positive, got {minutes}")
+        super().__init__(duration=timedelta(minutes=minutes), interval="step", verbose=True)
