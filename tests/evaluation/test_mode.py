@@ -106,8 +106,10 @@ def test_evaluating_restores_the_training_mode_also_on_an_error(training):
     model = _tiny_llama(64).train(training)
     with evaluating(model, _bf16) as per_forward:
         assert not model.training and not torch.is_grad_enabled() and per_forward is contextlib.nullcontext
-    assert model.training is training and torch.is_grad_enabled()
-    with pytest.raises(RuntimeError, match="boom"), evaluating(model, _bf16, hold=False) as per_forward:
-        assert per_forward is _bf16
-        raise RuntimeError("boom")
-    assert model.training is training and torch.is_grad_enabled()
+        assert torch.is_autocast_enabled("cpu") and torch.is_autocast_cache_enabled()  # on, though Lightning's is off
+    assert model.training is training and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    for hold in (True, False):
+        with pytest.raises(RuntimeError, match="boom"), evaluating(model, _bf16, hold=hold) as per_forward:
+            assert per_forward is (contextlib.nullcontext if hold else _bf16)
+            raise RuntimeError("boom")
+        assert model.training is training and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")

@@ -262,7 +262,7 @@ def test_an_interim_evaluation_that_would_outlast_the_time_budget_is_skipped(
     settings = EvalSettings(suites=["svamp_dev"], limit=2, max_new_tokens=3, data_dir=str(data_dir))
     evaluation = PeriodicEvaluation(settings, every_n_examples=4, interim_suites=["svamp_dev"])
     budget = TimeBudget(minutes=60)
-    monkeypatch.setattr(budget, "time_remaining", lambda stage=None: 0.0)  # a budget nearly spent
+    monkeypatch.setattr(budget, "time_remaining", lambda stage=None: -1.0)  # a budget spent
     trainer = quiet_trainer(3, [budget, evaluation], default_root_dir=tmp_path)
     datamodule = SpecializationDataModule(
         str(tiny_gpt2_dir), data_dir=str(data_dir), limit=16, batch_size=4, formats={"zero_shot_cot": 1.0}

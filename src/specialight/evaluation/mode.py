@@ -39,7 +39,7 @@ def evaluating(model: torch.nn.Module, context: Context, hold: bool = True) -> I
                 return
             stack.enter_context(context())
             kind = next(model.parameters()).device.type
-            if torch.is_autocast_enabled(kind):
+            if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
                 dtype = torch.get_autocast_dtype(kind)
                 stack.enter_context(torch.autocast(kind, dtype=dtype, cache_enabled=True))
             yield contextlib.nullcontext

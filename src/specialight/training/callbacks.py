@@ -260,13 +260,15 @@ class PeriodicEvaluation(L.Callback):
 
     def _fits_budget(self, trainer: L.Trainer) -> bool:
         """Whether an evaluation between the first and the last ends within a `TimeBudget`'s time left (as
-        long as the last such evaluation took, else the first): one that would not is skipped and logged, so
+        long as the last such evaluation took, else the last one that generated and was not read from the
+        cache: an overestimate, as the first runs every suite): one that would not is skipped and logged, so
         that the last evaluation, after training stops, does not start late. The same on every rank."""
         budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
         left = budget.time_remaining() if budget is not None else None
-        if left is None:
+        timed = [r for r in self.history if r.get("scores") and r.get("cache") != "hit"]
+        if left is None or not timed:
             return True
-        needed = ([r for r in self.history if r.get("interim")] or self.history)[-1]["seconds"]
+        needed = ([r for r in timed if r.get("interim")] or timed)[-1]["seconds"]
         fits = bool(trainer.strategy.broadcast(left >= needed, src=0))
         if not fits:
             logger.info(
