@@ -298,3 +298,32 @@ def test_a_time_budget_listed_first_counts_the_step_0_evaluation(timer_first, tm
     )
     trainer.fit(BoringModel())
     assert trainer.global_step == (1 if timer_first else 5)  # first: out of time after the first step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_an_evaluation_during_training_runs_without_the_last_steps_gradients(
+    tiny_gpt2_dir, data_dir, tmp_path, monkeypatch, accumulate
+):
+    from specialight.data.datamodule import SpecializationDataModule
+    from specialight.evaluation.settings import EvalSettings
+    from specialight.training.callbacks import PeriodicEvaluation
+    from tests.helpers import quiet_trainer
+
+    settings = EvalSettings(suites=["svamp_dev"], limit=2, max_new_tokens=3, data_dir=str(data_dir))
+    evaluation = PeriodicEvaluation(settings, every_n_examples=4, before_training=False)
+    seen = []
+    real = PeriodicEvaluation._run_suites
+
+    def run_suites(self, trainer, pl_module, *args):
+        seen.append(any(p.grad is not None for p in pl_module.parameters()))
+        return real(self, trainer, pl_module, *args)
+
+    monkeypatch.setattr(PeriodicEvaluation, "_run_suites", run_suites)
+    trainer = quiet_trainer(2, [evaluation], default_root_dir=tmp_path, accumulate_grad_batches=accumulate)
+    datamodule = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), limit=16, batch_size=4, formats={"zero_shot_cot": 1.0}
+    )
+    trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3), datamodule)
+    # freed where the next step drops them anyway; kept while they accumulate over batches
+    assert seen and all(held == (accumulate > 1) for held in seen)

@@ -125,6 +125,8 @@ class PeriodicEvaluation(L.Callback):
         step = trainer.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
         folder = log_dir(trainer)
         started = time.perf_counter()
+        if fitting and pl_module.automatic_optimization and trainer.accumulate_grad_batches == 1:
+            pl_module.zero_grad(set_to_none=True)  # the next step would drop them: their memory goes to evaluation
         out = folder / "evaluations" / f"step-{step}"
         results, fields = self._run_suites(trainer, pl_module, out, kinds, interim)
         fields |= {"interim": True} if interim else {}
