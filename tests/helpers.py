@@ -45,6 +45,27 @@ class StopAt(L.Callback):
             raise RuntimeError(f"stopped at step {self.step}")
 
 
+def tiny_llama(vocabulary: int, attention: str = "sdpa"):
+    """A seeded 2-layer Llama with grouped key/value heads (4 query, 2 key/value), in eval mode; large
+    initial weights, so that rows differing in their prompt's end differ in their completion."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocabulary,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        initializer_range=0.5,
+    )
+    config._attn_implementation = attention
+    return LlamaForCausalLM(config).eval()
+
+
 def read_steps(out: str | Path, rank: int = 0) -> list[dict]:
     path = Path(out) / f"rank{rank}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

@@ -13,6 +13,7 @@ from specialight.evaluation import generation, likelihood
 from specialight.evaluation.generation import generate
 from specialight.evaluation.likelihood import ReferenceText, token_nlls
 from specialight.evaluation.mode import evaluating
+from tests.helpers import tiny_llama
 
 PROMPTS = ["Q: What is 2 + 3?\nA:", "Q: Name a colour.\nA:", "Q: How many legs has a cat?\nA:"]
 TEXTS = [ReferenceText("nll_test", str(i), prompt, " five apples and a pear") for i, prompt in enumerate(PROMPTS)]
@@ -24,23 +25,6 @@ def _bf16():
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     return MixedPrecision("bf16-mixed", "cpu").forward_context()
-
-
-def _tiny_llama(vocabulary: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocabulary,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.5,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def _weight_casts(run) -> int:
@@ -58,7 +42,7 @@ def _unheld(monkeypatch) -> None:
 
 
 def test_a_held_autocast_casts_each_weight_once_per_call(gpt2_tokenizer, monkeypatch):
-    model = _tiny_llama(len(gpt2_tokenizer))
+    model = tiny_llama(len(gpt2_tokenizer))
     generating = lambda: generate(model, gpt2_tokenizer, PROMPTS, 6, 2, progress=False, context=_bf16)  # noqa: E731
     scoring = lambda: token_nlls(model, gpt2_tokenizer, TEXTS, 2, progress=False, context=_bf16)  # noqa: E731
     assert _weight_casts(generating) == 4  # 2 layers x (gate, up), over 2 batches x 6 forward passes
@@ -69,7 +53,7 @@ def test_a_held_autocast_casts_each_weight_once_per_call(gpt2_tokenizer, monkeyp
 
 
 def test_a_held_autocast_gives_the_outputs_of_a_cast_at_every_forward(gpt2_tokenizer, monkeypatch):
-    model = _tiny_llama(len(gpt2_tokenizer))
+    model = tiny_llama(len(gpt2_tokenizer))
     held = generate(model, gpt2_tokenizer, PROMPTS, 8, 2, progress=False, context=_bf16)
     held_nlls = token_nlls(model, gpt2_tokenizer, TEXTS, 2, progress=False, context=_bf16)
     _unheld(monkeypatch)
@@ -78,7 +62,7 @@ def test_a_held_autocast_gives_the_outputs_of_a_cast_at_every_forward(gpt2_token
 
 
 def test_a_weight_changed_between_calls_is_cast_anew(gpt2_tokenizer):
-    model = _tiny_llama(len(gpt2_tokenizer))
+    model = tiny_llama(len(gpt2_tokenizer))
     before = token_nlls(model, gpt2_tokenizer, TEXTS, 3, progress=False, context=_bf16)
     with torch.no_grad():  # as an optimizer step changes the weights in place between two evaluations
         for parameter in model.model.layers[0].mlp.parameters():
@@ -90,7 +74,7 @@ def test_a_weight_changed_between_calls_is_cast_anew(gpt2_tokenizer):
 
 
 def test_a_forward_with_gradients_after_evaluating_inside_an_open_autocast_trains_every_weight(gpt2_tokenizer):
-    model = _tiny_llama(len(gpt2_tokenizer))
+    model = tiny_llama(len(gpt2_tokenizer))
     ids = torch.tensor([gpt2_tokenizer.encode(PROMPTS[0])])
     with torch.autocast("cpu", dtype=torch.bfloat16):  # e.g. an evaluation inside a training step's own autocast
         generate(model, gpt2_tokenizer, PROMPTS, 4, 2, progress=False, context=_bf16)
@@ -103,7 +87,7 @@ def test_a_forward_with_gradients_after_evaluating_inside_an_open_autocast_train
 
 @pytest.mark.parametrize("training", [True, False])
 def test_evaluating_restores_the_training_mode_also_on_an_error(training):
-    model = _tiny_llama(64).train(training)
+    model = tiny_llama(64).train(training)
     with evaluating(model, _bf16) as per_forward:
         assert not model.training and not torch.is_grad_enabled() and per_forward is contextlib.nullcontext
         assert torch.is_autocast_enabled("cpu") and torch.is_autocast_cache_enabled()  # on, though Lightning's is off

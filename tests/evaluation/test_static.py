@@ -10,6 +10,7 @@ import torch
 from specialight.evaluation import static
 from specialight.evaluation.generation import generate
 from specialight.evaluation.sizing import batch_for_memory, bucket, capacity_for, kv_bytes_per_token, row_bytes
+from tests.helpers import tiny_llama
 
 SMOLLM2_SHAPES = SimpleNamespace(
     num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576, vocab_size=49152
@@ -57,24 +58,6 @@ class _StopAt:
         return " ".join("Q:" if i in self.stops else str(i) for i in ids if i != self.eos_token_id)
 
 
-def _tiny_llama(vocabulary: int, attention: str = "sdpa"):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocabulary,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        initializer_range=0.5,  # rows that differ in their prompt's end differ in their completion
-    )
-    config._attn_implementation = attention
-    return LlamaForCausalLM(config).eval()
-
-
 def _prompts(data_dir) -> list[str]:
     from specialight.evaluation.suites import build_items
 
@@ -105,7 +88,7 @@ def _equal_completions(model, tokenizer, prompts: list[str], budgets: list[int],
 
 @pytest.mark.slow
 def test_static_decoding_gives_the_own_loops_completions(gpt2_tokenizer, monkeypatch):
-    model = _tiny_llama(len(gpt2_tokenizer))
+    model = tiny_llama(len(gpt2_tokenizer))
     _equal_completions(model, gpt2_tokenizer, SHORT, [20] * 4, False, monkeypatch)
 
 
@@ -114,12 +97,12 @@ def test_static_decoding_gives_the_own_loops_completions(gpt2_tokenizer, monkeyp
 def test_static_decoding_after_a_shared_prefix_gives_the_own_loops_completions(
     attention, gpt2_tokenizer, data_dir, monkeypatch
 ):
-    model = _tiny_llama(len(gpt2_tokenizer), attention)
+    model = tiny_llama(len(gpt2_tokenizer), attention)
     _equal_completions(model, gpt2_tokenizer, _prompts(data_dir), [20, 20, 20, 20, 9, 9], True, monkeypatch)
 
 
 def test_the_cpu_default_is_the_own_loop(gpt2_tokenizer, monkeypatch):
-    model = _tiny_llama(len(gpt2_tokenizer))
+    model = tiny_llama(len(gpt2_tokenizer))
     built = []
     monkeypatch.setattr(static.StaticDecoder, "__init__", lambda self, decoder: built.append(decoder))
     generate(model, gpt2_tokenizer, ["Q: What is 2 + 3?\nA:"], 4, progress=False)
@@ -127,7 +110,7 @@ def test_the_cpu_default_is_the_own_loop(gpt2_tokenizer, monkeypatch):
 
 
 def test_a_model_the_static_step_cannot_run_falls_back_to_the_own_loop(gpt2_tokenizer, monkeypatch):
-    model = _tiny_llama(len(gpt2_tokenizer))
+    model = tiny_llama(len(gpt2_tokenizer))
     monkeypatch.setattr(static, "supported", lambda model, cache: False)
     prompts = ["Q: What is 2 + 3?\nA:", "Q: Name a colour.\nA:"]
     own = generate(model, gpt2_tokenizer, prompts, 6, progress=False, static=False)
