@@ -41,3 +41,15 @@ def test_the_estimate_uses_the_longest_evaluation_so_far(monkeypatch):
     now[0] += 100.0 + 10.0  # 10 steps of 10 s, then a 10 s likelihood-only evaluation
     line = clock.line({"step": 10, "examples": 80, "seconds": 10.0}, 40, 160)
     assert line == "step 10/40, about 15 min left (2 evaluations ahead)"  # 30 x 10 s + 2 x 300 s = 900 s
+
+
+def test_a_time_budget_that_stops_training_first_ends_the_estimate(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("specialight.training.progress.time.perf_counter", lambda: now[0])
+    clock = RunClock()
+    now[0] += 300.0
+    clock.line({"step": 0, "examples": 0, "seconds": 300.0}, 400, 1000)
+    now[0] += 100.0 + 10.0  # 10 steps of 10 s, then a 10 s evaluation; 390 steps (65 min) would be left
+    line = clock.line({"step": 10, "examples": 80, "seconds": 10.0}, 400, 1000, budget_left=600.0)
+    assert line == "step 10/400, about 15 min left (the time budget, then 1 evaluation)"  # 600 s + 300 s
+    assert clock.line({"step": 10, "examples": 80, "seconds": 10.0}, 400, 1000, 10**6).endswith("evaluations ahead)")

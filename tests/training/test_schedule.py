@@ -4,6 +4,8 @@ from types import SimpleNamespace
 import pytest
 
 from specialight.training.module import SpecializationModule
+from specialight.training.progress import TimeBudget
+from specialight.training.schedule import WarmupCosine
 
 
 def schedule(model_dir, **options):
@@ -11,8 +13,7 @@ def schedule(model_dir, **options):
     module.configure_model()  # the trainer builds the student before it asks for the optimizer
     module.trainer = SimpleNamespace(estimated_stepping_batches=30, num_training_batches=20)
     configured = module.configure_optimizers()
-    factor = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]
-    return configured["optimizer"], factor
+    return configured["optimizer"], configured["lr_scheduler"]["scheduler"].factor
 
 
 def test_the_authors_cosine_spans_ten_epochs_of_batches(tiny_gpt2_dir):
@@ -43,3 +44,97 @@ def test_the_schedule_is_transformers_cosine_with_warmup_from_zero(tiny_gpt2_dir
     assert optimizer.param_groups[0]["lr"] == 5e-4 * factor(0)
     if warmup:
         assert factor(0) == 0.0 and factor(warmup) == 1.0
+
+
+class Clock:
+    """A stand-in for `TimeBudget.spent`: the share of the budget spent, set by the test."""
+
+    def __init__(self) -> None:
+        self.share = 0.0
+
+    def __call__(self) -> float:
+        return self.share
+
+
+def stepped(scheduler, steps, clock=None, shares=None):
+    """The rate after each of ``steps`` optimizer steps, the clock set to ``shares[i]`` before step i."""
+    rates = []
+    for i in range(steps):
+        if clock is not None:
+            clock.share = shares[i]
+        scheduler.optimizer.step()
+        scheduler.step()
+        rates.append(scheduler.get_last_lr()[0])
+    return rates
+
+
+def optimizer():
+    import torch
+
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+
+def test_a_time_budget_brings_the_cosine_to_its_floor_before_the_last_step():
+    clock = Clock()
+    timed = WarmupCosine(optimizer(), warmup=2, total=100, min_lr_ratio=0.1, spent=clock)
+    by_steps = WarmupCosine(optimizer(), warmup=2, total=100, min_lr_ratio=0.1)
+    # the warm-up ends at step 2 with 20% of the budget spent; then the time leads the steps
+    shares = [0.1, 0.2, 0.6, 1.0, 1.3]
+    rates = stepped(timed, 5, clock, shares)
+    assert rates[:2] == stepped(by_steps, 2)[:2] == [0.5, 1.0]  # the warm-up counts steps alone
+    assert timed.spent_at_warmup == 0.2
+    assert rates[2] == pytest.approx(0.1 + 0.9 * 0.5)  # half of the budget after the warm-up's end: cos(pi/2)
+    assert rates[3] == rates[4] == pytest.approx(0.1)  # the floor when the budget runs out, and after
+    assert stepped(by_steps, 3)[-1] > 0.99  # the steps alone: still near the peak at step 5
+
+
+def test_steps_lead_where_they_outrun_the_budget():
+    clock = Clock()
+    timed = WarmupCosine(optimizer(), warmup=0, total=4, spent=clock)
+    assert stepped(timed, 4, clock, [0.0] * 4) == stepped(WarmupCosine(optimizer(), warmup=0, total=4), 4)
+
+
+def test_the_state_keeps_the_warm_up_share_and_leaves_the_clock_out():
+    clock = Clock()
+    scheduler = WarmupCosine(optimizer(), warmup=1, total=100, spent=clock)
+    stepped(scheduler, 2, clock, [0.5, 0.5])
+    state = scheduler.state_dict()
+    assert "spent" not in state and state["spent_at_warmup"] == 0.5
+    resumed_clock = Clock()
+    resumed = WarmupCosine(optimizer(), warmup=1, total=100, spent=resumed_clock)
+    resumed.load_state_dict(state)
+    assert resumed.spent is resumed_clock and resumed.spent_at_warmup == 0.5
+    assert stepped(resumed, 1, resumed_clock, [0.75]) == stepped(scheduler, 1, clock, [0.75])
+    assert resumed.get_last_lr()[0] == pytest.approx(0.5)
+
+
+def test_the_module_reads_the_trainers_time_budget(tiny_gpt2_dir):
+    module = SpecializationModule(str(tiny_gpt2_dir))
+    module.configure_model()
+    strategy = SimpleNamespace(broadcast=lambda value, src=0: value)
+    budget = TimeBudget(minutes=10)
+    module.trainer = SimpleNamespace(
+        estimated_stepping_batches=30, num_training_batches=20, callbacks=[budget], strategy=strategy
+    )
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.spent() == 0.0  # before training starts
+    budget._offset = 300.0  # five minutes spent by a run this one resumes
+    assert scheduler.spent() == 0.5
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_its_time_budget_ends_at_the_floor(tiny_gpt2_dir, data_dir, tmp_path):
+    from specialight.data.datamodule import SpecializationDataModule
+    from tests.helpers import quiet_trainer
+
+    budget = TimeBudget(minutes=3 / 60)
+    trainer = quiet_trainer(10_000, [budget], default_root_dir=tmp_path)
+    datamodule = SpecializationDataModule(
+        str(tiny_gpt2_dir), data_dir=str(data_dir), limit=16, batch_size=4, formats={"zero_shot_cot": 1.0}
+    )
+    trainer.fit(SpecializationModule(str(tiny_gpt2_dir), learning_rate=1e-3, warmup=2), datamodule)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert 5 < trainer.global_step < 10_000  # stopped by the budget, long before the last step
+    assert scheduler.get_last_lr()[0] < 1e-3 * 0.05  # at the floor (within a step's share of the 3 s)
+    assert scheduler.factor(trainer.global_step) < 0.05
+    assert 0.0 <= scheduler.spent_at_warmup < 0.5

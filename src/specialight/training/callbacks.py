@@ -42,7 +42,14 @@ from specialight.evaluation.evaluator import Evaluator
 from specialight.evaluation.results import Results
 from specialight.evaluation.settings import EvalSettings
 from specialight.evaluation.tables import format_table
-from specialight.training.progress import RunClock, TimeBudget, leave_out_of_throughput, log_dir
+from specialight.training.progress import (
+    RunClock,
+    TimeBudget,
+    budget_left,
+    leave_out_of_throughput,
+    log_dir,
+    time_budget,
+)
 from specialight.training.selection import ModelSelection
 
 __all__ = ["ModelSelection", "PeriodicEvaluation", "TimeBudget", "log_dir"]
@@ -138,7 +145,7 @@ class PeriodicEvaluation(L.Callback):
         metrics = {f"eval/{name}": value for name, value in record["scores"].items()}
         metrics |= {f"eval/{name}": stats["mean"] for name, stats in record.get("nll", {}).items()}
         scores = ", ".join(f"{k.removeprefix('eval/')} {v:.3g}" for k, v in metrics.items() if "/" not in k[5:])
-        clock = self.clock.line(record, trainer.max_steps, self.every_n_examples)
+        clock = self.clock.line(record, trainer.max_steps, self.every_n_examples, budget_left(trainer))
         logger.info("%s (%d examples): %s", clock, record["examples"], scores)
         if not fitting:
             pl_module.log_dict(metrics, sync_dist=True)  # the same on every rank: the mean changes nothing
@@ -265,7 +272,7 @@ class PeriodicEvaluation(L.Callback):
         long as the last such evaluation took, else the last one that generated and was not read from the
         cache: an overestimate, as the first runs every suite): one that would not is skipped and logged, so
         that the last evaluation, after training stops, does not start late. The same on every rank."""
-        budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+        budget = time_budget(trainer)
         left = budget.time_remaining() if budget is not None else None
         timed = [r for r in self.history if r.get("scores") and r.get("cache") != "hit"]
         if left is None or not timed:

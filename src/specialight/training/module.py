@@ -3,14 +3,15 @@
 The student is an encoder-decoder (T5/FlanT5) or a decoder-only model (`specialight.core.models`). The loss is
 a plugin (`specialight.training.losses`) chosen by ``class_path``; checkpoints store its ``{"class_path",
 "init_args"}`` so ``load_from_checkpoint`` rebuilds it. AdamW, a linear warm-up from 0 (the first step at rate 0),
-a cosine over the run's steps or ``cosine_horizon`` epochs' batches: the authors' ``get_cosine_schedule_with_warmup``.
+a cosine over the run's steps or ``cosine_horizon`` epochs' batches: the authors' ``get_cosine_schedule_with_warmup``
+(`specialight.training.schedule`); with a `TimeBudget` among the callbacks the cosine also ends when the budget does.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
-import math
 from typing import Any
 
 import lightning as L
@@ -21,6 +22,8 @@ from torch import Tensor
 from specialight.core.constants import FORMATS, IGNORE_INDEX
 from specialight.core.models import is_encoder_decoder, load_student
 from specialight.training.losses import OutputHead, SampleMatching, SpecializationLoss
+from specialight.training.progress import time_budget
+from specialight.training.schedule import WarmupCosine
 
 _LEGACY_LOSSES = "specialight.losses."
 
@@ -68,7 +71,8 @@ class SpecializationModule(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup: warm-up steps (>= 1) or a fraction of all optimizer steps (< 1).
         min_lr_ratio: the cosine decays to ``learning_rate * min_lr_ratio``.
-        cosine_horizon: None: the cosine reaches its floor at the run's last optimizer step; a number n: it
+        cosine_horizon: None: the cosine reaches its floor at the run's last optimizer step, or when a
+            `TimeBudget` callback runs out if that comes first (`WarmupCosine`); a number n: it
             reaches it after n times one epoch's training batches, counted in optimizer steps (the authors'
             ``get_cosine_schedule_with_warmup(num_training_steps=10 * len(train_batches))`` with
             ``len(train_batches)`` the micro-batches of one epoch: n = 10, so over 2-3 epochs the rate stays
@@ -283,14 +287,9 @@ class SpecializationModule(L.LightningModule):
         if hp.cosine_horizon is not None:
             # estimated_stepping_batches has set up the training data: num_training_batches is one epoch's
             total = max(int(hp.cosine_horizon * self.trainer.num_training_batches), warmup + 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:  # from 0, as transformers' (Lightning steps the scheduler after the optimizer)
-                return step / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        budget = time_budget(self.trainer)
+        spent = functools.partial(budget.spent, self.trainer) if budget is not None else None
+        scheduler = WarmupCosine(optimizer, warmup, total, hp.min_lr_ratio, spent)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -50,13 +50,19 @@ class RunClock:
     first_step: int = 0
     longest: float = 0.0  # the longest evaluation so far: a full one, where likelihood-only ones come between
 
-    def line(self, record: dict, max_steps: int, every_n_examples: int) -> str:
-        """`describe` for an evaluation record just made (its ``seconds`` are counted as evaluation)."""
+    def line(self, record: dict, max_steps: int, every_n_examples: int, budget_left: float | None = None) -> str:
+        """`describe` for an evaluation record just made (its ``seconds`` are counted as evaluation); with
+        ``budget_left``, the seconds a `TimeBudget` leaves, the estimate ends where the budget stops training
+        first (then one evaluation, as long as the longest so far)."""
         self.evaluating += record["seconds"]
         self.longest = max(self.longest, record["seconds"])
         steps = record["step"] - self.first_step
         per_step = (time.perf_counter() - self.started - self.evaluating) / steps if steps > 0 else 0.0
         left = remaining(record["step"], max_steps, record["examples"], every_n_examples, per_step, self.longest)
+        if left is not None and budget_left is not None and max(budget_left, 0.0) + self.longest < left[0]:
+            minutes = (max(budget_left, 0.0) + self.longest) / 60
+            budget = "the time budget, then 1 evaluation"
+            return f"step {record['step']}/{max_steps}, about {minutes:.0f} min left ({budget})"
         return describe(record["step"], max_steps, left)
 
 
@@ -97,10 +103,26 @@ class TimeBudget(Timer):
     counts the step-0 evaluation (``trainer.max_time`` starts its clock after every configured callback's
     ``on_train_start``, so that evaluation would go uncounted). The last evaluation runs after training stops
     (``on_train_end``): leave its minutes outside the budget; `PeriodicEvaluation` skips an evaluation between
-    the first and the last that would outlast it. Its clock is saved in checkpoints and goes on when a run
-    resumes."""
+    the first and the last that would outlast it, and the learning rate's cosine ends with it where that comes
+    before the last step (`WarmupCosine`). Its clock is saved in checkpoints and goes on when a run resumes."""
 
     def __init__(self, minutes: float) -> None:
         if minutes <= 0:
             raise ValueError(f"TimeBudget: minutes must be positive, got {minutes}")
         super().__init__(duration=timedelta(minutes=minutes), interval="step", verbose=True)
+
+    def spent(self, trainer: L.Trainer) -> float:
+        """The share of the budget spent so far (0 before training starts), rank zero's on every rank."""
+        share = self.time_elapsed(RunningStage.TRAINING) / self._duration
+        return float(trainer.strategy.broadcast(share, src=0))
+
+
+def time_budget(trainer: L.Trainer) -> TimeBudget | None:
+    """The trainer's `TimeBudget` callback, if it has one."""
+    return next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, TimeBudget)), None)
+
+
+def budget_left(trainer: L.Trainer) -> float | None:
+    """The seconds the trainer's `TimeBudget` leaves, None without one."""
+    budget = time_budget(trainer)
+    return budget.time_remaining() if budget is not None else None

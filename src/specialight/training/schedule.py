@@ -1,0 +1,65 @@
+"""The learning-rate schedule: a linear warm-up from 0, then a cosine to a floor, over the run's optimizer
+steps (the authors' ``get_cosine_schedule_with_warmup``) or, where a `TimeBudget` may stop training first,
+over the budget's time, so that a run stopped by its budget on a slower machine still anneals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
+    """Multiplies each group's base rate by `factor` of the optimizer steps taken (``last_epoch``).
+
+    Args:
+        optimizer: the optimizer whose rates it sets.
+        warmup: steps of the linear warm-up from 0 (the first step runs at rate 0, as transformers').
+        total: the step at which the cosine reaches ``min_lr_ratio`` of the peak.
+        min_lr_ratio: the floor, a share of the peak rate.
+        spent: a clock, the share of a time budget spent so far (the same on every rank), or None. After the
+            warm-up the cosine's progress is the larger of the steps' and the time's, the time counted from
+            the warm-up's end to the budget's, so that the floor comes at ``total`` or at the budget's end,
+            whichever is first. The share spent when the warm-up ended is kept in the state dict; the clock is
+            not (a resumed run passes it anew).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup: int,
+        total: int,
+        min_lr_ratio: float = 0.0,
+        spent: Callable[[], float] | None = None,
+    ) -> None:
+        self.warmup, self.total, self.min_lr_ratio = warmup, max(total, warmup + 1), min_lr_ratio
+        self.spent = spent
+        self.spent_at_warmup: float | None = None
+        super().__init__(optimizer)
+
+    def progress(self, step: int) -> float:
+        """The cosine's progress in [0, 1] at ``step`` (after the warm-up)."""
+        progress = (step - self.warmup) / (self.total - self.warmup)
+        if self.spent is not None and self.spent_at_warmup is not None:
+            start = self.spent_at_warmup
+            progress = max(progress, (self.spent() - start) / (1 - start) if start < 1 else 1.0)
+        return min(max(progress, 0.0), 1.0)
+
+    def factor(self, step: int) -> float:
+        """The share of the peak rate at ``step``."""
+        if step < self.warmup:
+            return step / self.warmup
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress(step)))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine
+
+    def get_lr(self) -> list[float]:
+        if self.spent is not None and self.spent_at_warmup is None and self.last_epoch >= self.warmup:
+            self.spent_at_warmup = self.spent()
+        factor = self.factor(self.last_epoch)
+        return [base * factor for base in self.base_lrs]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's state without its clock (which holds the trainer)."""
+        return {key: value for key, value in super().state_dict().items() if key != "spent"}
