@@ -89,12 +89,13 @@ def test_reproduce_cpu_evaluates_the_full_dev_sets_at_start_middle_and_end(capsy
     evaluation = config["trainer"]["callbacks"][classes.index("PeriodicEvaluation")]["init_args"]
     # the time guard's clock starts before the step-0 evaluation (tests/training/test_callbacks.py)
     assert classes.index("TimeBudget") < classes.index("PeriodicEvaluation")
-    # batches of <= 3,072 tokens hold >= 8 examples: the first evaluation mid-run falls in the first two thirds
-    # of the steps, which a slower CPU reaches within its time budget; it runs only what selection reads, the
-    # BBH suites run at both ends
+    # batches of <= 3,072 tokens hold ~12 examples: the first evaluation mid-run falls within the ~115 steps
+    # that the slower CPU measured (a 2-core AMD EPYC, docs/results.md) reaches in its time budget, so that
+    # selection has a choice there too; it runs only what selection reads, the BBH suites run at both ends
     assert config["data"]["max_tokens_per_batch"] == 3072 and config["auto_precision"]
-    steps, every = config["trainer"]["max_steps"], evaluation["every_n_examples"]
-    assert evaluation["before_training"] and 3 * every <= 2 * steps * 8
+    (budget,) = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("TimeBudget")]
+    assert budget["minutes"] <= 70  # the last evaluation (~20 minutes on that CPU) ends within 90
+    assert evaluation["before_training"] and evaluation["every_n_examples"] <= 100 * 12
     settings = evaluation["settings"]
     assert settings["limit"] is None and not {"gsm8k_dev", "mas_dev"} & set(settings["limits"])
     assert {"bbh_ao", "bbh_cot", "nll_gsm8k_dev_zero_shot", "nll_bbh_cot"} <= set(settings["suites"])

@@ -53,3 +53,12 @@ def test_a_time_budget_that_stops_training_first_ends_the_estimate(monkeypatch):
     line = clock.line({"step": 10, "examples": 80, "seconds": 10.0}, 400, 1000, budget_left=600.0)
     assert line == "step 10/400, about 15 min left (the time budget, then 1 evaluation)"  # 600 s + 300 s
     assert clock.line({"step": 10, "examples": 80, "seconds": 10.0}, 400, 1000, 10**6).endswith("evaluations ahead)")
+
+
+def test_the_last_evaluation_after_the_budget_stopped_training_has_no_estimate(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("specialight.training.progress.time.perf_counter", lambda: now[0])
+    clock = RunClock()
+    clock.line({"step": 0, "examples": 0, "seconds": 300.0}, 400, 1000)
+    now[0] += 400.0
+    assert clock.line({"step": 10, "examples": 80, "seconds": 10.0}, 400, 1000, budget_left=-3.0) == "step 10/400"

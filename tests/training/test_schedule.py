@@ -138,3 +138,19 @@ def test_a_run_stopped_by_its_time_budget_ends_at_the_floor(tiny_gpt2_dir, data_
     assert scheduler.get_last_lr()[0] < 1e-3 * 0.05  # at the floor (within a step's share of the 3 s)
     assert scheduler.factor(trainer.global_step) < 0.05
     assert 0.0 <= scheduler.spent_at_warmup < 0.5
+
+
+def test_without_a_warm_up_the_budget_counts_from_the_first_step():
+    clock = Clock()
+    clock.share = 0.2  # a step-0 evaluation ran before the optimizer was built
+    scheduler = WarmupCosine(optimizer(), warmup=0, total=100, spent=clock)
+    assert scheduler.spent_at_warmup is None and scheduler.get_last_lr()[0] == 1.0
+    stepped(scheduler, 1, clock, [0.3])
+    assert scheduler.spent_at_warmup == 0.3 and scheduler.get_last_lr()[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_resumed_run_takes_the_schedule_from_its_config():
+    state = WarmupCosine(optimizer(), warmup=1, total=10).state_dict()
+    resumed = WarmupCosine(optimizer(), warmup=1, total=1000)
+    resumed.load_state_dict(state)
+    assert resumed.total == 1000 and {"warmup", "total", "min_lr_ratio", "spent"}.isdisjoint(state)

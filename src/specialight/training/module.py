@@ -71,12 +71,12 @@ class SpecializationModule(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup: warm-up steps (>= 1) or a fraction of all optimizer steps (< 1).
         min_lr_ratio: the cosine decays to ``learning_rate * min_lr_ratio``.
-        cosine_horizon: None: the cosine reaches its floor at the run's last optimizer step, or when a
-            `TimeBudget` callback runs out if that comes first (`WarmupCosine`); a number n: it
+        cosine_horizon: None: the cosine reaches its floor at the run's last optimizer step; a number n: it
             reaches it after n times one epoch's training batches, counted in optimizer steps (the authors'
             ``get_cosine_schedule_with_warmup(num_training_steps=10 * len(train_batches))`` with
             ``len(train_batches)`` the micro-batches of one epoch: n = 10, so over 2-3 epochs the rate stays
-            near its peak).
+            near its peak). Either way a `TimeBudget` callback that runs out first ends the cosine
+            (`WarmupCosine`).
         gradient_checkpointing: trade compute for activation memory (per transformer block).
         shard_param_dtype: under `ModelParallelStrategy`, the dtype sharded blocks compute in (``bfloat16``;
             gradients are reduced in fp32; ``null`` keeps fp32). Ignored without a device mesh.

@@ -59,8 +59,10 @@ class RunClock:
         steps = record["step"] - self.first_step
         per_step = (time.perf_counter() - self.started - self.evaluating) / steps if steps > 0 else 0.0
         left = remaining(record["step"], max_steps, record["examples"], every_n_examples, per_step, self.longest)
-        if left is not None and budget_left is not None and max(budget_left, 0.0) + self.longest < left[0]:
-            minutes = (max(budget_left, 0.0) + self.longest) / 60
+        if budget_left is not None and budget_left <= 0:  # training has stopped: the last evaluation
+            return describe(record["step"], max_steps, None)
+        if left is not None and budget_left is not None and budget_left + self.longest < left[0]:
+            minutes = (budget_left + self.longest) / 60
             budget = "the time budget, then 1 evaluation"
             return f"step {record['step']}/{max_steps}, about {minutes:.0f} min left ({budget})"
         return describe(record["step"], max_steps, left)

@@ -22,8 +22,10 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
         spent: a clock, the share of a time budget spent so far (the same on every rank), or None. After the
             warm-up the cosine's progress is the larger of the steps' and the time's, the time counted from
             the warm-up's end to the budget's, so that the floor comes at ``total`` or at the budget's end,
-            whichever is first. The share spent when the warm-up ended is kept in the state dict; the clock is
-            not (a resumed run passes it anew).
+            whichever is first (without a warm-up, from the first step's end: the time before training, a step-0
+            evaluation, is not progress). The share spent when the warm-up ended is kept in the state dict;
+            the clock is not (a resumed run passes it anew), nor the schedule's settings (a resumed run's config
+            sets them). The clock is a collective under DDP: every rank steps the scheduler alike.
     """
 
     def __init__(
@@ -55,11 +57,12 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine
 
     def get_lr(self) -> list[float]:
-        if self.spent is not None and self.spent_at_warmup is None and self.last_epoch >= self.warmup:
+        if self.spent is not None and self.spent_at_warmup is None and self.last_epoch >= max(self.warmup, 1):
             self.spent_at_warmup = self.spent()
         factor = self.factor(self.last_epoch)
         return [base * factor for base in self.base_lrs]
 
     def state_dict(self) -> dict[str, Any]:
-        """The scheduler's state without its clock (which holds the trainer)."""
-        return {key: value for key, value in super().state_dict().items() if key != "spent"}
+        """The scheduler's state without its clock (which holds the trainer) or its settings."""
+        settings = {"spent", "warmup", "total", "min_lr_ratio"}
+        return {key: value for key, value in super().state_dict().items() if key not in settings}
