@@ -169,4 +169,55 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_multiplies_it(
     ]
     built = cli.SpecializationCLI(SpecializationModule, SpecializationDataModule, args=args, run=False)
     assert built.trainer.precision == expected
+    assert isinstance(built.trainer.strategy.checkpoint_io, cli.StreamingCheckpointIO)
     assert f"precision: {expected}" in built.model.run_config["yaml"]  # the run's config keeps the choice
+
+
+def test_a_local_checkpoint_is_written_whole_without_a_copy_in_memory(tmp_path, monkeypatch):
+    import torch
+    from lightning.fabric.utilities import cloud_io
+
+    from specialight.training.cli import StreamingCheckpointIO
+
+    def in_memory(*args, **kwargs):
+        raise AssertionError("Lightning's _atomic_save serializes the whole checkpoint into memory first")
+
+    monkeypatch.setattr(cloud_io, "_atomic_save", in_memory)
+    monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", in_memory)
+    io = StreamingCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.arange(4.0)}, "global_step": 3}, path)
+    assert torch.load(path)["global_step"] == 3 and [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+    io.save_checkpoint({"global_step": 4}, f"file://{path}")
+    assert torch.load(path)["global_step"] == 4
+
+
+def test_a_checkpoint_that_fails_midway_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    import torch
+
+    from specialight.training.cli import StreamingCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    StreamingCheckpointIO().save_checkpoint({"global_step": 1}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        StreamingCheckpointIO().save_checkpoint({"global_step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["global_step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_remote_checkpoints_go_lightnings_way(monkeypatch):
+    from lightning.fabric.plugins.io import torch_io
+
+    from specialight.training.cli import StreamingCheckpointIO
+
+    saved = []
+    monkeypatch.setattr(torch_io, "_atomic_save", lambda checkpoint, path: saved.append(path))
+    monkeypatch.setattr(torch_io, "get_filesystem", lambda path: __import__("fsspec").filesystem("memory"))
+    StreamingCheckpointIO().save_checkpoint({"global_step": 1}, "memory://run/last.ckpt")
+    assert saved == ["memory://run/last.ckpt"]

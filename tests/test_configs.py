@@ -90,8 +90,8 @@ def test_reproduce_cpu_evaluates_the_full_dev_sets_at_start_middle_and_end(capsy
     # the time guard's clock starts before the step-0 evaluation (tests/training/test_callbacks.py)
     assert classes.index("TimeBudget") < classes.index("PeriodicEvaluation")
     # batches of <= 3,072 tokens hold ~12 examples: the first evaluation mid-run falls within the ~115 steps
-    # that the slower CPU measured (a 2-core AMD EPYC, docs/results.md) reaches in its time budget, so that
-    # selection has a choice there too; it runs only what selection reads, the BBH suites run at both ends
+    # that the slower CPU measured (a 2-core AMD EPYC, docs/results.md) reaches in its time budget (whether it
+    # runs there is the skip estimate's call); it runs only what selection reads, the BBH suites at both ends
     assert config["data"]["max_tokens_per_batch"] == 3072 and config["auto_precision"]
     (budget,) = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("TimeBudget")]
     assert budget["minutes"] <= 70  # the last evaluation (~20 minutes on that CPU) ends within 90
