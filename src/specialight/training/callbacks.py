@@ -48,7 +48,6 @@ from specialight.training.progress import (
     budget_left,
     leave_out_of_throughput,
     log_dir,
-    time_budget,
 )
 from specialight.training.selection import ModelSelection
 
@@ -272,8 +271,7 @@ class PeriodicEvaluation(L.Callback):
         long as the last such evaluation took, else the last one that generated and was not read from the
         cache: an overestimate, as the first runs every suite): one that would not is skipped and logged, so
         that the last evaluation, after training stops, does not start late. The same on every rank."""
-        budget = time_budget(trainer)
-        left = budget.time_remaining() if budget is not None else None
+        left = budget_left(trainer)
         timed = [r for r in self.history if r.get("scores") and r.get("cache") != "hit"]
         if left is None or not timed:
             return True
