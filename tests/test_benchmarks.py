@@ -42,8 +42,9 @@ def test_gpu_benchmark_dry_run_measures_every_part_on_a_cpu(capsys):
         assert result[name]["tokens_per_s"] > 0 and 0 < result[name]["mfu"] < 1
 
 
-def test_train_throughput_recipe_arm_trains_as_the_reproduce_config():
-    """The recipe arm reads configs/reproduce_cpu.yaml: no gradient checkpointing, its auto precision here."""
+def test_train_throughput_recipe_arms_train_as_the_reproduce_config():
+    """The recipe arms read configs/reproduce_cpu.yaml: its auto precision here; recipe_as_run also its checkpointing
+    (none)."""
     from benchmarks import train_throughput
     from specialight.training.cli import native_precision
 

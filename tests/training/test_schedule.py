@@ -1,3 +1,4 @@
+import copy
 import math
 from types import SimpleNamespace
 
@@ -114,7 +115,11 @@ def test_the_module_reads_the_trainers_time_budget(tiny_gpt2_dir):
     strategy = SimpleNamespace(broadcast=lambda value, src=0: value)
     budget = TimeBudget(minutes=10)
     module.trainer = SimpleNamespace(
-        estimated_stepping_batches=30, num_training_batches=20, callbacks=[budget], strategy=strategy
+        estimated_stepping_batches=30,
+        num_training_batches=20,
+        callbacks=[budget],
+        strategy=strategy,
+        precision="32-true",
     )
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert scheduler.spent() == 0.0  # before training starts
@@ -154,3 +159,96 @@ def test_a_resumed_run_takes_the_schedule_from_its_config():
     resumed = WarmupCosine(optimizer(), warmup=1, total=1000)
     resumed.load_state_dict(state)
     assert resumed.total == 1000 and {"warmup", "total", "min_lr_ratio", "spent"}.isdisjoint(state)
+
+
+def adamw_and_loop(weight_decay=0.01):
+    import torch
+
+    from specialight.training.schedule import adamw
+
+    torch.manual_seed(0)
+    start = torch.randn(5, 7)
+    fused, loop = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    ours = adamw([{"params": [fused], "weight_decay": weight_decay}], 1e-2)
+    reference = torch.optim.AdamW([{"params": [loop], "weight_decay": weight_decay}], lr=1e-2, foreach=False)
+    assert ours.param_groups[0]["fused"] and not reference.param_groups[0]["fused"]
+    return start, (fused, ours), (loop, reference)
+
+
+def test_the_fused_step_is_adamws_step():
+    import torch
+
+    start, *pairs = adamw_and_loop()
+    for grad in [torch.randn(5, 7) for _ in range(3)]:
+        for parameter, optimizer in pairs:
+            parameter.grad = grad.clone()
+            optimizer.step()
+    (fused, _), (loop, _) = pairs
+    assert not torch.equal(fused, start)
+    torch.testing.assert_close(fused, loop)
+
+
+def test_a_grad_scaler_unscales_before_the_fused_step_so_gradients_can_be_clipped():
+    import torch
+
+    _, *pairs = adamw_and_loop()
+    target = torch.randn(5, 7)
+    for _ in range(3):
+        for parameter, optimizer in pairs:
+            scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+            scaler.scale(((parameter - target) ** 2).sum()).backward()
+            scaler.unscale_(optimizer)  # Lightning's 16-mixed does this before clipping
+            torch.nn.utils.clip_grad_norm_([parameter], 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+    (fused, _), (loop, _) = pairs
+    torch.testing.assert_close(fused, loop)
+
+
+def test_a_resumed_run_steps_fused_whichever_optimizer_saved_the_state():
+    import torch
+
+    _, (fused, ours), (loop, reference) = adamw_and_loop()
+    loop.grad = torch.ones_like(loop)
+    reference.step()
+    ours.load_state_dict(copy.deepcopy(reference.state_dict()))  # a checkpoint from before the fused kernel
+    assert ours.param_groups[0]["fused"]
+    fused.data.copy_(loop.data)
+    for parameter, optimizer in ((fused, ours), (loop, reference)):
+        parameter.grad = torch.full_like(parameter, 0.5)
+        optimizer.step()
+    torch.testing.assert_close(fused, loop)
+    with pytest.raises(ValueError, match="parameter groups"):
+        ours.load_state_dict({**reference.state_dict(), "param_groups": []})
+
+
+def test_adamw_keeps_torchs_default_on_other_devices():
+    import torch
+
+    from specialight.training.schedule import adamw
+
+    optimizer = adamw([{"params": [torch.nn.Parameter(torch.ones(3, device="meta"))]}], 1e-3)
+    assert not optimizer.param_groups[0]["fused"]
+
+
+@pytest.mark.slow
+def test_lightning_clips_the_fused_optimizers_gradients_under_bf16_mixed(tiny_gpt2_dir, data_dir, tmp_path):
+    import lightning as L
+
+    from specialight.data.datamodule import SpecializationDataModule
+
+    module = SpecializationModule(str(tiny_gpt2_dir))
+    data = SpecializationDataModule(str(tiny_gpt2_dir), data_dir=str(data_dir), batch_size=2, limit=4)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        gradient_clip_val=1.0,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=data)  # Lightning refuses to clip an optimizer that unscales in its step
+    assert trainer.global_step == 2 and trainer.optimizers[0].param_groups[0]["fused"]

@@ -23,7 +23,7 @@ from specialight.core.constants import FORMATS, IGNORE_INDEX
 from specialight.core.models import is_encoder_decoder, load_student
 from specialight.training.losses import OutputHead, SampleMatching, SpecializationLoss
 from specialight.training.progress import time_budget
-from specialight.training.schedule import WarmupCosine
+from specialight.training.schedule import WarmupCosine, adamw
 
 _LEGACY_LOSSES = "specialight.losses."
 
@@ -278,10 +278,8 @@ class SpecializationModule(L.LightningModule):
         hp = self.hparams
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
-        )
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = adamw(groups, hp.learning_rate)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(hp.warmup) if hp.warmup >= 1 else int(hp.warmup * total)
         if hp.cosine_horizon is not None:
