@@ -1,7 +1,9 @@
 """Training-step memory: today's dense loss against the chunked one, sample and distribution matching.
 
 Two random students, built from configs (no download), trained the way the demo trains them (bf16
-autocast on CPU, gradient checkpointing, AdamW):
+autocast on CPU, gradient checkpointing, the AdamW `specialight fit` builds: fused,
+`specialight.training.schedule.adamw`; ``--optimizer loop`` takes torch's per-parameter loop instead, its
+default on a CPU):
 
 - ``smollm2``: a SmolLM2-135M-shaped decoder (vocabulary 49,152, 30 layers, width 576), 8 rows of 700
   tokens, the last 200 of each scored (an in-context prompt of 500 tokens, then the target);
@@ -18,7 +20,8 @@ the loss chunk by chunk) with the allocator setting `specialight fit` applies
 Method. The child imports everything and reads its resident memory (RSS) as the zero point, loads the
 model, creates AdamW's state once (a step on zero gradients, so the measured step is a steady-state
 one), then resets the kernel's peak-RSS counter (``/proc/self/clear_refs``, VmHWM) and runs one
-training step: forward, loss, backward, ``optimizer.step()``, ``zero_grad``. *Peak* is VmHWM minus the
+training step: forward, loss, backward, ``optimizer.step()``, ``zero_grad`` (the peak after each phase and the
+optimizer step's seconds are in the case's line on stderr). *Peak* is VmHWM minus the
 zero point: everything the step held at its worst, the allocator's slack included. *Floor* is what a
 step cannot do without: weights + gradients + AdamW's two moments (bytes of the actual tensors) + the
 tensors the checkpointed layers keep (their distinct tensor inputs, caught by forward pre-hooks during
@@ -30,6 +33,7 @@ divergences on the (k+1)-bin partition: ``jsd`` (GKD's, beta 0.5), ``rkl`` rever
 ``tv`` total variation.
 
     python benchmarks/train_step.py [--rows 8] [--models smollm2 t5] [--losses sm dm jsd] [--paths chunked]
+        [--optimizer fused|loop]
 """
 
 from __future__ import annotations
@@ -174,13 +178,14 @@ def checkpointed_bytes(module, run) -> tuple[object, int]:
     return result, sum(seen.values())
 
 
-def child(kind: str, path: str, loss_name: str, folder: str, rows: int) -> dict:
+def child(kind: str, path: str, loss_name: str, folder: str, rows: int, fused: bool) -> dict:
     """One case, measured in this (fresh) process."""
     import torch
 
     from specialight.core.memory import return_freed_memory
     from specialight.training import losses
     from specialight.training.module import SpecializationModule
+    from specialight.training.schedule import adamw
 
     if path == "chunked":  # what `specialight fit` and the demo do now; today's path keeps malloc's defaults
         return_freed_memory()
@@ -189,7 +194,8 @@ def child(kind: str, path: str, loss_name: str, folder: str, rows: int) -> dict:
     loss = getattr(losses, LOSSES[loss_name])()
     module = SpecializationModule(folder, loss=loss, gradient_checkpointing=True)
     module.configure_model()  # what the trainer does before the first step
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    groups = [{"params": list(module.parameters())}]
+    optimizer = adamw(groups, 1e-4) if fused else torch.optim.AdamW(groups, lr=1e-4)
     for parameter in module.parameters():  # AdamW's state exists before the measured step, as in step 2+
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
@@ -208,7 +214,9 @@ def child(kind: str, path: str, loss_name: str, folder: str, rows: int) -> dict:
     phases["forward_mb"] = rss_mb("VmHWM") - zero
     value.backward()
     phases["backward_mb"] = rss_mb("VmHWM") - zero
+    stepped = time.perf_counter()
     optimizer.step()
+    phases["optimizer_s"] = time.perf_counter() - stepped
     optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
     peak = rss_mb("VmHWM") - zero
@@ -224,12 +232,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2", "t5"], choices=sorted(SHAPES))
     parser.add_argument("--losses", nargs="+", default=["sm", "dm"], choices=list(LOSSES))
     parser.add_argument("--paths", nargs="+", default=["chunked", "today"], choices=["chunked", "today"])
+    parser.add_argument("--optimizer", choices=["fused", "loop"], default="fused")
     parser.add_argument("--case", nargs=4, help=argparse.SUPPRESS)  # child: kind path loss folder
     args = parser.parse_args()
     if "chunked" not in args.paths:
         parser.error("--paths must include chunked (the figures the targets are on)")
     if args.case:
-        print(json.dumps(child(*args.case, rows=args.rows)))
+        print(json.dumps(child(*args.case, rows=args.rows, fused=args.optimizer == "fused")))
         return
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -243,7 +252,7 @@ def main() -> None:
         cls.from_config(cfg).save_pretrained(tmp / kind)
         for path in args.paths:  # the chunked cases first: the figures the targets are on
             for loss_name in args.losses:
-                command = [sys.executable, __file__, "--rows", str(args.rows), "--case"]
+                command = [sys.executable, __file__, "--rows", str(args.rows), "--optimizer", args.optimizer, "--case"]
                 command += [kind, path, loss_name, str(tmp / kind)]
                 env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
                 done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -251,7 +260,9 @@ def main() -> None:
                     sys.exit(f"case {kind}/{path}/{loss_name} failed:\n{done.stderr[-3000:]}")
                 results[kind, path, loss_name] = json.loads(done.stdout.strip().splitlines()[-1])
                 print(f"{kind} {path} {loss_name}: {results[kind, path, loss_name]}", file=sys.stderr, flush=True)
-    print(f"cpu ({os.cpu_count()} cores); bf16 autocast, gradient checkpointing, AdamW; {args.rows} rows per batch")
+    print(
+        f"cpu ({os.cpu_count()} cores); bf16 autocast, gradient checkpointing, {args.optimizer} AdamW; {args.rows} rows"
+    )
     print(f"{'model':<8} {'path':<8} {'loss':<4} {'peak MB':>8} {'floor MB':>9} {'peak/floor':>10} {'step s':>7}")
     figures: dict[str, float] = {}
     for (kind, path, loss_name), r in results.items():
@@ -278,7 +289,16 @@ def main() -> None:
         if loss_name != "sm" and "sm" in args.losses:
             figures[f"{loss_name}_over_sm"] = max(figures[f"{kind}_{loss_name}_over_sm"] for kind in args.models)
     print(f"targets: peak/floor <= 1.3 (chunked, every loss); peak of each of {', '.join(divergences)} / SM's <= 1.05")
-    print(json.dumps({"benchmark": "train_step", **figures, "device": f"cpu ({os.cpu_count()} cores)"}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                **figures,
+                "optimizer": args.optimizer,
+                "device": f"cpu ({os.cpu_count()} cores)",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

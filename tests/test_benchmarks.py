@@ -43,12 +43,19 @@ def test_gpu_benchmark_dry_run_measures_every_part_on_a_cpu(capsys):
 
 
 def test_train_throughput_recipe_arms_train_as_the_reproduce_config():
-    """The recipe arms read configs/reproduce_cpu.yaml: its auto precision here; recipe_as_run also its checkpointing
-    (none)."""
+    """The recipe arms read configs/reproduce_cpu.yaml: its auto precision here, and (the recipe arm) its
+    checkpointing, none; the baselines train in fp32 with checkpointing, as the recipe before it."""
     from benchmarks import train_throughput
     from specialight.training.cli import native_precision
 
-    assert train_throughput.recipe_settings() == (False, native_precision("cpu"))
+    native = native_precision("cpu")
+    settings = {arm: train_throughput.arm_settings(arm) for arm in train_throughput.ARMS}
+    assert settings == {
+        "fixed": (True, "32-true"),
+        "budget": (True, "32-true"),
+        "recipe": (False, native),
+        "recipe_checkpointed": (True, native),
+    }
 
 
 def test_eval_autocast_benchmark_compares_identical_completions(monkeypatch, capsys):

@@ -115,11 +115,7 @@ def test_the_module_reads_the_trainers_time_budget(tiny_gpt2_dir):
     strategy = SimpleNamespace(broadcast=lambda value, src=0: value)
     budget = TimeBudget(minutes=10)
     module.trainer = SimpleNamespace(
-        estimated_stepping_batches=30,
-        num_training_batches=20,
-        callbacks=[budget],
-        strategy=strategy,
-        precision="32-true",
+        estimated_stepping_batches=30, num_training_batches=20, callbacks=[budget], strategy=strategy
     )
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert scheduler.spent() == 0.0  # before training starts
@@ -190,8 +186,13 @@ def test_the_fused_step_is_adamws_step():
 
 def test_a_grad_scaler_unscales_before_the_fused_step_so_gradients_can_be_clipped():
     import torch
+    from lightning.pytorch.plugins.precision import MixedPrecision
 
     _, *pairs = adamw_and_loop()
+    (fused, ours), _ = pairs
+    fused.grad = torch.ones_like(fused)
+    MixedPrecision("16-mixed", "cpu").clip_gradients(ours, clip_val=1.0)  # refuses an optimizer that unscales
+    ours.zero_grad()
     target = torch.randn(5, 7)
     for _ in range(3):
         for parameter, optimizer in pairs:
@@ -204,6 +205,19 @@ def test_a_grad_scaler_unscales_before_the_fused_step_so_gradients_can_be_clippe
             optimizer.zero_grad()
     (fused, _), (loop, _) = pairs
     torch.testing.assert_close(fused, loop)
+
+
+def test_a_step_whose_scaled_gradients_overflowed_is_skipped():
+    import torch
+
+    _, (fused, ours), _ = adamw_and_loop()
+    before = fused.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(fused.sum() * float("inf")).backward()  # every gradient inf
+    scaler.unscale_(ours)
+    scaler.step(ours)
+    scaler.update()
+    assert torch.equal(fused, before) and not ours.state and scaler.get_scale() == 512.0
 
 
 def test_a_resumed_run_steps_fused_whichever_optimizer_saved_the_state():

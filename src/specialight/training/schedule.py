@@ -15,12 +15,13 @@ import torch
 def adamw(groups: list[dict[str, Any]], learning_rate: float) -> torch.optim.AdamW:
     """AdamW over parameter ``groups``, in torch's fused kernel where every parameter is on a CPU or CUDA.
 
-    The fused step reads and writes each tensor once and allocates nothing the size of a parameter: for
-    SmolLM2-135M on a 2-core CPU 0.08 s a step against the loop's 0.5 s, and ~200 MB less at its peak (the
-    loop's temporaries put a checkpointed training step's peak ~90 MB above the backward pass's). Same
-    algorithm. It leaves unscaling to a GradScaler (``16-mixed``), as the loop does, which is what lets Lightning
-    clip its gradients under a mixed precision (it refuses an optimizer that unscales inside its step); a
-    resumed run steps fused whichever kind saved the state. Other devices (MPS, XLA) keep torch's default.
+    The same algorithm as torch's per-parameter loop (its default on a CPU), in one kernel that allocates
+    nothing the size of a parameter: several times faster a step, and a lower peak where the loop's
+    temporaries made the optimizer step a checkpointed training step's peak (``benchmarks/train_step.py
+    --optimizer loop`` against its default; figures in docs/benchmarks.md). It leaves unscaling to a
+    GradScaler (``16-mixed``), as the loop does, which is what lets Lightning clip its gradients under a mixed
+    precision (it refuses an optimizer that unscales inside its step); a resumed run steps fused whichever
+    kind saved the state. Other devices (MPS, XLA) keep torch's default.
     """
     devices = {p.device.type for group in groups for p in group["params"]}
     if not devices <= {"cpu", "cuda"}:
